@@ -1,0 +1,29 @@
+//! # common: what every part of the course stands on
+//!
+//! "Scalability for Dummies" is taught here as four running systems, one per
+//! chapter. They share one small social blog (users, friendships, articles,
+//! comments, likes, an activity feed) and one way to measure, so a figure in
+//! part 3 can be compared with one from part 1.
+//!
+//! Reading order:
+//!
+//! 1. [`config`]: every setting is a flag, an environment variable and a
+//!    default, written once; the defaults point at `./lab up`'s local stack.
+//! 2. [`domain`] and [`dataset`]: the social blog and its deterministic,
+//!    Zipf-skewed generator (the same seed always gives the same data).
+//! 3. [`measure`]: latency histograms and the load driver (closed loop and
+//!    open loop) that every demo uses to put a number on a claim.
+//! 4. [`results`] and [`report`]: each demo writes `target/lab/results/partN.json`;
+//!    the report (`target/lab/report/`) is built from those files alone.
+//! 5. [`testing`]: connect to the real stack, isolate each test by a unique
+//!    name, and fail at once with the command that starts a missing service.
+//! 6. [`telemetry`]: `tracing` with `RUST_LOG`.
+
+pub mod config;
+pub mod dataset;
+pub mod domain;
+pub mod measure;
+pub mod report;
+pub mod results;
+pub mod telemetry;
+pub mod testing;

@@ -1,0 +1,235 @@
+//! Test support: the real stack, isolated by unique names.
+//!
+//! Tests run against the services `./lab up` starts, never mocks, and in
+//! parallel. Each test makes its own names ([`unique_name`]): a Redis key
+//! prefix, a MariaDB database ([`TestDatabase`]), a queue. A service that is
+//! not there fails the test at once with the command that starts it:
+//!
+//! ```text
+//! Redis is not reachable at redis://127.0.0.1:16379: run ./lab up (Connection refused)
+//! ```
+//!
+//! Every connection attempt has a short deadline, so a missing service is a
+//! fast, clear failure, never a hang.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::SeedableRng;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+// Names are ours (unique_name: [a-z0-9_] only), so formatting them into
+// DDL is safe; sqlx 0.9 asks us to say so with AssertSqlSafe.
+use sqlx::{AssertSqlSafe, Executor};
+
+use crate::config::StackConfig;
+
+/// How long a test waits for a service before it calls it missing.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A service of the stack that a test could not reach.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} is not reachable at {url}: run ./lab up ({reason})")]
+pub struct Unreachable {
+    /// The service, as the README names it.
+    pub service: String,
+    /// The URL tried, without its password.
+    pub url: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl Unreachable {
+    fn new(service: &str, url: &str, reason: impl std::fmt::Display) -> Self {
+        Unreachable {
+            service: service.to_owned(),
+            url: redact(url),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Hides the password of a URL (`mysql://lab:***@host`), for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A name no other test, run or process uses: `prefix_<pid>_<n>_<random>`.
+/// Only `[a-z0-9_]`, so it is valid as a database name, a key prefix and a
+/// queue name alike.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random: u32 = rand::Rng::random(&mut rand::rngs::StdRng::from_os_rng());
+    format!("{prefix}_{}_{n}_{random:08x}", std::process::id())
+}
+
+/// The stack's configuration from the environment (defaults: `./lab up`).
+pub fn stack() -> StackConfig {
+    StackConfig::from_env().expect("stack configuration from the environment")
+}
+
+/// A Redis connection manager, or the error that says how to start Redis.
+pub async fn redis_at(url: &str) -> Result<redis::aio::ConnectionManager, Unreachable> {
+    let client = redis::Client::open(url).map_err(|e| Unreachable::new("Redis", url, e))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_DEADLINE))
+        .set_number_of_retries(1);
+    let mut conn = tokio::time::timeout(
+        CONNECT_DEADLINE,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| Unreachable::new("Redis", url, "timed out"))?
+    .map_err(|e| Unreachable::new("Redis", url, e))?;
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| Unreachable::new("Redis", url, e))?;
+    Ok(conn)
+}
+
+/// Redis at `REDIS_URL`; panics with the command that starts it.
+pub async fn redis() -> redis::aio::ConnectionManager {
+    redis_at(&stack().redis_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A MariaDB pool at `url`, or the error that says how to start it.
+pub async fn mariadb_at(service: &str, url: &str) -> Result<MySqlPool, Unreachable> {
+    let options: MySqlConnectOptions =
+        url.parse().map_err(|e| Unreachable::new(service, url, e))?;
+    MySqlPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(CONNECT_DEADLINE)
+        .connect_with(options)
+        .await
+        .map_err(|e| Unreachable::new(service, url, e))
+}
+
+/// Waits for a TCP port to accept connections, up to [`CONNECT_DEADLINE`].
+pub async fn tcp(service: &str, addr: &str) -> Result<(), Unreachable> {
+    match tokio::time::timeout(CONNECT_DEADLINE, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Unreachable::new(service, addr, e)),
+        Err(_) => Err(Unreachable::new(service, addr, "timed out")),
+    }
+}
+
+/// A database of its own for one test, on the primary (and so, by
+/// replication, on the replica). Call [`TestDatabase::drop_database`] at the
+/// end; a test that panics first leaves a `t_*` database that `./lab reset`
+/// removes.
+pub struct TestDatabase {
+    /// The database's name.
+    pub name: String,
+    /// A pool connected to it.
+    pub pool: MySqlPool,
+    admin: MySqlPool,
+}
+
+impl TestDatabase {
+    /// Creates a fresh database on the MariaDB at `url` (the `lab` user may
+    /// create databases; `./lab up` grants it).
+    pub async fn create(service: &str, url: &str) -> Result<Self, Unreachable> {
+        let admin = mariadb_at(service, url).await?;
+        let name = unique_name("t");
+        admin
+            .execute(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+            .await
+            .map_err(|e| Unreachable::new(service, url, e))?;
+        let options: MySqlConnectOptions =
+            url.parse().map_err(|e| Unreachable::new(service, url, e))?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(CONNECT_DEADLINE)
+            .connect_with(options.database(&name))
+            .await
+            .map_err(|e| Unreachable::new(service, url, e))?;
+        Ok(TestDatabase { name, pool, admin })
+    }
+
+    /// Drops the database.
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        let _ = self
+            .admin
+            .execute(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS `{}`",
+                self.name
+            )))
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_safe() {
+        let a = unique_name("t");
+        let b = unique_name("t");
+        assert_ne!(a, b);
+        assert!(
+            a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn passwords_do_not_reach_messages() {
+        assert_eq!(
+            redact("mysql://lab:secret@127.0.0.1:13306/lab"),
+            "mysql://lab:***@127.0.0.1:13306/lab"
+        );
+        assert_eq!(redact("redis://127.0.0.1:16379"), "redis://127.0.0.1:16379");
+    }
+
+    // A port nothing listens on: 1 is reserved (tcpmux) and never bound here.
+    #[tokio::test]
+    async fn a_missing_redis_names_the_url_and_the_fix() {
+        let err = redis_at("redis://127.0.0.1:1")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("Redis is not reachable at redis://127.0.0.1:1: run ./lab up"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_mariadb_names_the_url_and_the_fix() {
+        let err = mariadb_at("MariaDB primary", "mysql://lab:pw@127.0.0.1:1/lab")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "MariaDB primary is not reachable at mysql://lab:***@127.0.0.1:1/lab: run ./lab up"
+            ),
+            "{err}"
+        );
+        let err = tcp("HAProxy", "127.0.0.1:1").await.unwrap_err().to_string();
+        assert!(
+            err.contains("HAProxy is not reachable at 127.0.0.1:1: run ./lab up"),
+            "{err}"
+        );
+    }
+}
