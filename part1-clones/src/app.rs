@@ -18,11 +18,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use tokio::net::TcpListener;
 
-
 use crate::avatar::{self, Avatars};
 use crate::config::{ServerConfig, SessionKind};
 use crate::error::ApiError;
-use crate::session::{Expiry, MariadbSessions, MemorySessions, RedisSessions, Session, SessionId, SessionStore};
+use crate::session::{
+    Expiry, MariadbSessions, MemorySessions, RedisSessions, Session, SessionId, SessionStore,
+};
 use crate::users::{self, Users};
 
 /// The session cookie's name: generic, so it does not advertise the stack.
@@ -59,7 +60,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
             Err(e) if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                Err(ApiError::UnsupportedMediaType("send JSON with Content-Type: application/json".into()))
+                Err(ApiError::UnsupportedMediaType(
+                    "send JSON with Content-Type: application/json".into(),
+                ))
             }
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge("the body is too large".into()))
@@ -120,9 +123,16 @@ fn session_cookie(headers: &HeaderMap) -> Option<SessionId> {
         .and_then(|(_, value)| SessionId::parse(value.trim()))
 }
 
-async fn current<S: SessionStore>(state: &AppState<S>, headers: &HeaderMap) -> Result<(SessionId, Session), ApiError> {
+async fn current<S: SessionStore>(
+    state: &AppState<S>,
+    headers: &HeaderMap,
+) -> Result<(SessionId, Session), ApiError> {
     let id = session_cookie(headers).ok_or(ApiError::Unauthorized)?;
-    let session = state.sessions.load(&id).await?.ok_or(ApiError::Unauthorized)?;
+    let session = state
+        .sessions
+        .load(&id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
     Ok((id, session))
 }
 
@@ -139,11 +149,18 @@ fn set_cookie<S>(state: &AppState<S>, id: Option<&SessionId>) -> HeaderValue {
     HeaderValue::from_str(&value).expect("cookie is ASCII")
 }
 
-async fn signup<S: SessionStore>(State(state): State<Arc<AppState<S>>>, Body(c): Body<Credentials>) -> Result<impl IntoResponse, ApiError> {
-    common::domain::validate_username(&c.username).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+async fn signup<S: SessionStore>(
+    State(state): State<Arc<AppState<S>>>,
+    Body(c): Body<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    common::domain::validate_username(&c.username)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     users::validate_password(&c.password)?;
     let id = state.users.create(&c.username, &c.password).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id, "username": c.username }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "id": id, "username": c.username })),
+    ))
 }
 
 async fn login<S: SessionStore>(
@@ -152,7 +169,9 @@ async fn login<S: SessionStore>(
     Body(c): Body<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     // Malformed names cannot exist: same answer as a wrong password.
-    if common::domain::validate_username(&c.username).is_err() || c.password.len() > 4 * *users::PASSWORD_CHARS.end() {
+    if common::domain::validate_username(&c.username).is_err()
+        || c.password.len() > 4 * *users::PASSWORD_CHARS.end()
+    {
         return Err(ApiError::BadCredentials);
     }
     let user = state.users.authenticate(&c.username, &c.password).await?;
@@ -161,20 +180,39 @@ async fn login<S: SessionStore>(
         state.sessions.delete(&old).await?;
     }
     let id = state.sessions.create(user.id, &user.username).await?;
-    let me = Me { id: user.id, username: user.username, served_by: state.clone_id.clone(), version: state.build.clone() };
+    let me = Me {
+        id: user.id,
+        username: user.username,
+        served_by: state.clone_id.clone(),
+        version: state.build.clone(),
+    };
     Ok(([(SET_COOKIE, set_cookie(&state, Some(&id)))], Json(me)))
 }
 
-async fn logout<S: SessionStore>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+async fn logout<S: SessionStore>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
     if let Some(id) = session_cookie(&headers) {
         state.sessions.delete(&id).await?;
     }
-    Ok((StatusCode::NO_CONTENT, [(SET_COOKIE, set_cookie(&state, None))]))
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(SET_COOKIE, set_cookie(&state, None))],
+    ))
 }
 
-async fn me<S: SessionStore>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Result<Json<Me>, ApiError> {
+async fn me<S: SessionStore>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+) -> Result<Json<Me>, ApiError> {
     let (_, s) = current(&state, &headers).await?;
-    Ok(Json(Me { id: s.user_id, username: s.username, served_by: state.clone_id.clone(), version: state.build.clone() }))
+    Ok(Json(Me {
+        id: s.user_id,
+        username: s.username,
+        served_by: state.clone_id.clone(),
+        version: state.build.clone(),
+    }))
 }
 
 async fn add_item<S: SessionStore>(
@@ -185,15 +223,26 @@ async fn add_item<S: SessionStore>(
     let (id, _) = current(&state, &headers).await?;
     let n = c.item.chars().count();
     if n == 0 || n > MAX_ITEM_CHARS || c.item.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(format!("an item has 1 to {MAX_ITEM_CHARS} printable characters")));
+        return Err(ApiError::BadRequest(format!(
+            "an item has 1 to {MAX_ITEM_CHARS} printable characters"
+        )));
     }
     let len = state.sessions.add_to_cart(&id, &c.item).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "items": len, "served_by": state.clone_id }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "items": len, "served_by": state.clone_id })),
+    ))
 }
 
-async fn cart<S: SessionStore>(State(state): State<Arc<AppState<S>>>, headers: HeaderMap) -> Result<Json<Cart>, ApiError> {
+async fn cart<S: SessionStore>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+) -> Result<Json<Cart>, ApiError> {
     let (id, _) = current(&state, &headers).await?;
-    Ok(Json(Cart { items: state.sessions.cart(&id).await?, served_by: state.clone_id.clone() }))
+    Ok(Json(Cart {
+        items: state.sessions.cart(&id).await?,
+        served_by: state.clone_id.clone(),
+    }))
 }
 
 async fn put_avatar<S: SessionStore>(
@@ -202,13 +251,20 @@ async fn put_avatar<S: SessionStore>(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let (_, s) = current(&state, &headers).await?;
-    let kind = avatar::validate(headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()), &body)?;
+    let kind = avatar::validate(
+        headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        &body,
+    )?;
     state.avatars.put(&s.username, kind, &body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn get_avatar<S: SessionStore>(State(state): State<Arc<AppState<S>>>, Path(username): Path<String>) -> Result<Response, ApiError> {
-    common::domain::validate_username(&username).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+async fn get_avatar<S: SessionStore>(
+    State(state): State<Arc<AppState<S>>>,
+    Path(username): Path<String>,
+) -> Result<Response, ApiError> {
+    common::domain::validate_username(&username)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (kind, bytes) = state
         .avatars
         .get(&username)
@@ -225,9 +281,13 @@ async fn health<S: SessionStore>(State(state): State<Arc<AppState<S>>>) -> Json<
 
 /// Readiness: the session store answers. A clone that cannot reach it is
 /// alive but should get no traffic.
-async fn ready<S: SessionStore>(State(state): State<Arc<AppState<S>>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn ready<S: SessionStore>(
+    State(state): State<Arc<AppState<S>>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     state.sessions.ping().await?;
-    Ok(Json(serde_json::json!({ "status": "ready", "sessions": state.sessions.name() })))
+    Ok(Json(
+        serde_json::json!({ "status": "ready", "sessions": state.sessions.name() }),
+    ))
 }
 
 /// Stamps every answer with the clone that gave it.
@@ -238,7 +298,11 @@ async fn served_by(State(clone): State<HeaderValue>, req: Request, next: Next) -
 }
 
 /// The part 1 router over a session store.
-pub fn app<S: SessionStore>(state: Arc<AppState<S>>, max_avatar_bytes: usize, capacity: crate::capacity::Capacity) -> Router {
+pub fn app<S: SessionStore>(
+    state: Arc<AppState<S>>,
+    max_avatar_bytes: usize,
+    capacity: crate::capacity::Capacity,
+) -> Router {
     let clone = HeaderValue::from_str(&state.clone_id).unwrap_or(HeaderValue::from_static("clone"));
     let work = Router::new()
         .route("/signup", post(signup::<S>))
@@ -247,9 +311,15 @@ pub fn app<S: SessionStore>(state: Arc<AppState<S>>, max_avatar_bytes: usize, ca
         .route("/me", get(me::<S>))
         .route("/cart", get(cart::<S>))
         .route("/cart/items", post(add_item::<S>))
-        .route("/me/avatar", put(put_avatar::<S>).layer(DefaultBodyLimit::max(max_avatar_bytes)))
+        .route(
+            "/me/avatar",
+            put(put_avatar::<S>).layer(DefaultBodyLimit::max(max_avatar_bytes)),
+        )
         .route("/users/{username}/avatar", get(get_avatar::<S>))
-        .route_layer(middleware::from_fn_with_state(Arc::new(capacity), crate::capacity::limit));
+        .route_layer(middleware::from_fn_with_state(
+            Arc::new(capacity),
+            crate::capacity::limit,
+        ));
     Router::new()
         .route("/health", get(health::<S>))
         .route("/ready", get(ready::<S>))
@@ -274,8 +344,33 @@ pub async fn connect_database(url: &str) -> anyhow::Result<MySqlPool> {
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .with_context(|| format!("MariaDB is not reachable at {}: run ./lab up", common::testing::redact(url)))?;
-    sqlx::migrate!("./migrations").run(&pool).await.context("running part 1's migrations")?;
+        .with_context(|| {
+            format!(
+                "MariaDB is not reachable at {}: run ./lab up",
+                common::testing::redact(url)
+            )
+        })?;
+    // Clones start together, and each runs the migrations: serialise them
+    // with a named lock so two clones never create the same table at once.
+    // (Production runs migrations once, as a deploy step before the roll.)
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("a connection for the migrations")?;
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('part1_migrations', 30)")
+        .fetch_one(&mut *conn)
+        .await
+        .context("taking the migration lock")?;
+    anyhow::ensure!(
+        locked == Some(1),
+        "another clone held the migration lock for 30 s"
+    );
+    let migrated = sqlx::migrate!("./migrations").run(&mut *conn).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK('part1_migrations')")
+        .execute(&mut *conn)
+        .await;
+    migrated.context("running part 1's migrations")?;
+    drop(conn);
     Ok(pool)
 }
 
@@ -287,10 +382,13 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionMa
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(2);
-    tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager_with_config(config))
-        .await
-        .map_err(|_| anyhow::anyhow!("Redis is not reachable at {url}: timed out; run ./lab up"))?
-        .with_context(|| format!("Redis is not reachable at {url}: run ./lab up"))
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("Redis is not reachable at {url}: timed out; run ./lab up"))?
+    .with_context(|| format!("Redis is not reachable at {url}: run ./lab up"))
 }
 
 impl Application {
@@ -302,8 +400,17 @@ impl Application {
             idle: Duration::from_secs(config.session_idle_secs),
             absolute: Duration::from_secs(config.session_absolute_secs),
         };
-        let capacity = crate::capacity::Capacity::new(config.max_concurrency, Duration::from_millis(config.service_time_ms));
-        fn state<S>(sessions: S, c: &ServerConfig, pool: &MySqlPool, redis: &redis::aio::ConnectionManager, expiry: Expiry) -> Arc<AppState<S>> {
+        let capacity = crate::capacity::Capacity::new(
+            config.max_concurrency,
+            Duration::from_millis(config.service_time_ms),
+        );
+        fn state<S>(
+            sessions: S,
+            c: &ServerConfig,
+            pool: &MySqlPool,
+            redis: &redis::aio::ConnectionManager,
+            expiry: Expiry,
+        ) -> Arc<AppState<S>> {
             Arc::new(AppState {
                 sessions,
                 users: Users::new(pool.clone()),
@@ -316,16 +423,49 @@ impl Application {
         }
         let max = config.max_avatar_bytes;
         let router = match config.sessions {
-            SessionKind::Memory => app(state(MemorySessions::new(expiry), &config, &pool, &redis, expiry), max, capacity),
-            SessionKind::Redis => app(state(RedisSessions::new(redis.clone(), &config.key_prefix, expiry), &config, &pool, &redis, expiry), max, capacity),
-            SessionKind::Mariadb => app(state(MariadbSessions::new(pool.clone(), expiry), &config, &pool, &redis, expiry), max, capacity),
+            SessionKind::Memory => app(
+                state(MemorySessions::new(expiry), &config, &pool, &redis, expiry),
+                max,
+                capacity,
+            ),
+            SessionKind::Redis => app(
+                state(
+                    RedisSessions::new(redis.clone(), &config.key_prefix, expiry),
+                    &config,
+                    &pool,
+                    &redis,
+                    expiry,
+                ),
+                max,
+                capacity,
+            ),
+            SessionKind::Mariadb => app(
+                state(
+                    MariadbSessions::new(pool.clone(), expiry),
+                    &config,
+                    &pool,
+                    &redis,
+                    expiry,
+                ),
+                max,
+                capacity,
+            ),
         };
         let listener = TcpListener::bind(("127.0.0.1", config.port))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{}: {e} (is another clone there? ./lab status)", config.port))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on 127.0.0.1:{}: {e} (is another clone there? ./lab status)",
+                    config.port
+                )
+            })?;
         let port = listener.local_addr()?.port();
         tracing::info!(port, clone = %config.clone_name(), sessions = config.sessions.as_str(), build = %config.build, "clone ready");
-        Ok(Application { port, listener, router })
+        Ok(Application {
+            port,
+            listener,
+            router,
+        })
     }
 
     /// The port it listens on (useful with port 0).
@@ -335,12 +475,19 @@ impl Application {
 
     /// Serves until SIGTERM or Ctrl-C, then finishes the requests in flight.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown_signal()).await
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
     }
 
     /// Serves until `stop` resolves (tests stop servers this way).
-    pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(stop).await
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stop)
+            .await
     }
 }
 
@@ -359,4 +506,3 @@ async fn shutdown_signal() {
     tokio::select! { () = ctrl_c => {}, () = term => {} }
     tracing::info!("stopping: finishing the requests in flight");
 }
-

@@ -24,7 +24,13 @@ const FORMATS: &[(&str, &[u8])] = &[
 /// Checks an upload: a known image type whose bytes match it.
 pub fn validate(content_type: Option<&str>, bytes: &[u8]) -> Result<&'static str, ApiError> {
     let declared = content_type
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     let Some((kind, magic)) = FORMATS.iter().find(|(k, _)| *k == declared) else {
         return Err(ApiError::UnsupportedMediaType(
@@ -35,7 +41,9 @@ pub fn validate(content_type: Option<&str>, bytes: &[u8]) -> Result<&'static str
         return Err(ApiError::BadRequest("the avatar is empty".into()));
     }
     if !bytes.starts_with(magic) || (*kind == "image/webp" && bytes.get(8..12) != Some(b"WEBP")) {
-        return Err(ApiError::BadRequest(format!("the body is not a {kind} image")));
+        return Err(ApiError::BadRequest(format!(
+            "the body is not a {kind} image"
+        )));
     }
     Ok(kind)
 }
@@ -48,13 +56,19 @@ pub struct Avatars {
 }
 
 fn unavailable(e: redis::RedisError) -> ApiError {
-    ApiError::Unavailable { what: "the file store", cause: e.to_string() }
+    ApiError::Unavailable {
+        what: "the file store",
+        cause: e.to_string(),
+    }
 }
 
 impl Avatars {
     /// Avatars under the key prefix `prefix`.
     pub fn new(redis: redis::aio::ConnectionManager, prefix: &str) -> Self {
-        Avatars { redis, prefix: prefix.to_owned() }
+        Avatars {
+            redis,
+            prefix: prefix.to_owned(),
+        }
     }
 
     fn key(&self, username: &str) -> String {
@@ -62,7 +76,12 @@ impl Avatars {
     }
 
     /// Stores a validated avatar, replacing the old one in one command.
-    pub async fn put(&self, username: &str, content_type: &str, bytes: &[u8]) -> Result<(), ApiError> {
+    pub async fn put(
+        &self,
+        username: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<(), ApiError> {
         let mut conn = self.redis.clone();
         let () = redis::pipe()
             .atomic()
@@ -81,8 +100,13 @@ impl Avatars {
     /// The avatar's content type and bytes, if there is one.
     pub async fn get(&self, username: &str) -> Result<Option<(String, Vec<u8>)>, ApiError> {
         let mut conn = self.redis.clone();
-        let (kind, bytes): (Option<String>, Option<Vec<u8>>) =
-            redis::cmd("HMGET").arg(self.key(username)).arg("type").arg("bytes").query_async(&mut conn).await.map_err(unavailable)?;
+        let (kind, bytes): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(self.key(username))
+            .arg("type")
+            .arg("bytes")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         Ok(kind.zip(bytes))
     }
 }
@@ -95,12 +119,32 @@ mod tests {
     fn uploads_must_be_the_image_they_claim() {
         let png = b"\x89PNG\r\n\x1a\nrest";
         assert_eq!(validate(Some("image/png"), png).unwrap(), "image/png");
-        assert_eq!(validate(Some("IMAGE/PNG; charset=x"), png).unwrap(), "image/png");
-        assert_eq!(validate(Some("text/html"), png).unwrap_err().status_code(), 415);
+        assert_eq!(
+            validate(Some("IMAGE/PNG; charset=x"), png).unwrap(),
+            "image/png"
+        );
+        assert_eq!(
+            validate(Some("text/html"), png).unwrap_err().status_code(),
+            415
+        );
         assert_eq!(validate(None, png).unwrap_err().status_code(), 415);
-        assert_eq!(validate(Some("image/jpeg"), png).unwrap_err().status_code(), 400);
-        assert_eq!(validate(Some("image/png"), b"").unwrap_err().status_code(), 400);
-        assert_eq!(validate(Some("image/webp"), b"RIFF\0\0\0\0WEBPVP8 ").unwrap(), "image/webp");
-        assert_eq!(validate(Some("image/webp"), b"RIFF\0\0\0\0WAVE").unwrap_err().status_code(), 400);
+        assert_eq!(
+            validate(Some("image/jpeg"), png).unwrap_err().status_code(),
+            400
+        );
+        assert_eq!(
+            validate(Some("image/png"), b"").unwrap_err().status_code(),
+            400
+        );
+        assert_eq!(
+            validate(Some("image/webp"), b"RIFF\0\0\0\0WEBPVP8 ").unwrap(),
+            "image/webp"
+        );
+        assert_eq!(
+            validate(Some("image/webp"), b"RIFF\0\0\0\0WAVE")
+                .unwrap_err()
+                .status_code(),
+            400
+        );
     }
 }

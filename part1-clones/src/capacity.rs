@@ -26,12 +26,16 @@ pub struct Capacity {
 impl Capacity {
     /// `max_concurrency` of 0 means unlimited; a `service_time` of zero adds nothing.
     pub fn new(max_concurrency: usize, service_time: Duration) -> Self {
-        Capacity { slots: (max_concurrency > 0).then(|| Semaphore::new(max_concurrency)), service_time }
+        Capacity {
+            slots: (max_concurrency > 0).then(|| Semaphore::new(max_concurrency)),
+            service_time,
+        }
     }
 
     /// The throughput ceiling this models, in requests per second (None if unlimited).
     pub fn ceiling(max_concurrency: usize, service_time: Duration) -> Option<f64> {
-        (max_concurrency > 0 && !service_time.is_zero()).then(|| max_concurrency as f64 / service_time.as_secs_f64())
+        (max_concurrency > 0 && !service_time.is_zero())
+            .then(|| max_concurrency as f64 / service_time.as_secs_f64())
     }
 }
 

@@ -29,7 +29,11 @@ pub fn http() -> reqwest::Client {
 impl UserClient {
     /// A user who talks to `base` (e.g. `http://127.0.0.1:18080`).
     pub fn new(http: reqwest::Client, base: &str) -> Self {
-        UserClient { http, base: base.trim_end_matches('/').to_owned(), cookie: Mutex::new(None) }
+        UserClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            cookie: Mutex::new(None),
+        }
     }
 
     /// The session cookie's value, if logged in.
@@ -52,7 +56,11 @@ impl UserClient {
 
     fn remember(&self, res: &reqwest::Response) {
         for v in res.headers().get_all(SET_COOKIE) {
-            if let Some(value) = v.to_str().ok().and_then(|s| s.strip_prefix(&format!("{COOKIE_NAME}="))) {
+            if let Some(value) = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.strip_prefix(&format!("{COOKIE_NAME}=")))
+            {
                 let value = value.split(';').next().unwrap_or("");
                 self.set_cookie((!value.is_empty()).then(|| value.to_owned()));
             }
@@ -78,21 +86,33 @@ impl UserClient {
             .send()
             .await
             .context("POST /login")?;
-        anyhow::ensure!(res.status() == StatusCode::OK, "login as {username}: {}", res.status());
+        anyhow::ensure!(
+            res.status() == StatusCode::OK,
+            "login as {username}: {}",
+            res.status()
+        );
         self.remember(&res);
         res.json().await.context("login body")
     }
 
     /// `POST /logout`.
     pub async fn logout(&self) -> anyhow::Result<StatusCode> {
-        let res = self.request(reqwest::Method::POST, "/logout").send().await.context("POST /logout")?;
+        let res = self
+            .request(reqwest::Method::POST, "/logout")
+            .send()
+            .await
+            .context("POST /logout")?;
         self.remember(&res);
         Ok(res.status())
     }
 
     /// `GET /me`: `Ok(Some(me))`, or `Ok(None)` on 401 (no session on that clone).
     pub async fn me(&self) -> anyhow::Result<Option<Me>> {
-        let res = self.request(reqwest::Method::GET, "/me").send().await.context("GET /me")?;
+        let res = self
+            .request(reqwest::Method::GET, "/me")
+            .send()
+            .await
+            .context("GET /me")?;
         match res.status() {
             StatusCode::OK => Ok(Some(res.json().await.context("/me body")?)),
             StatusCode::UNAUTHORIZED => Ok(None),
@@ -113,7 +133,11 @@ impl UserClient {
 
     /// `GET /cart`: `Ok(None)` on 401.
     pub async fn cart(&self) -> anyhow::Result<Option<Cart>> {
-        let res = self.request(reqwest::Method::GET, "/cart").send().await.context("GET /cart")?;
+        let res = self
+            .request(reqwest::Method::GET, "/cart")
+            .send()
+            .await
+            .context("GET /cart")?;
         match res.status() {
             StatusCode::OK => Ok(Some(res.json().await.context("/cart body")?)),
             StatusCode::UNAUTHORIZED => Ok(None),
@@ -122,7 +146,11 @@ impl UserClient {
     }
 
     /// `PUT /me/avatar` with a content type; the status.
-    pub async fn put_avatar(&self, content_type: &str, bytes: Vec<u8>) -> anyhow::Result<StatusCode> {
+    pub async fn put_avatar(
+        &self,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<StatusCode> {
         let res = self
             .request(reqwest::Method::PUT, "/me/avatar")
             .header(reqwest::header::CONTENT_TYPE, content_type)
@@ -147,7 +175,11 @@ impl UserClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        Ok((status, kind, res.bytes().await.context("avatar body")?.to_vec()))
+        Ok((
+            status,
+            kind,
+            res.bytes().await.context("avatar body")?.to_vec(),
+        ))
     }
 
     /// A raw request with this user's cookie, for anything else.

@@ -39,7 +39,10 @@ impl ClusterSpec {
         ClusterSpec {
             binary: binary.into(),
             clones,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             build: "v1".into(),
             check_interval: Duration::from_millis(500),
         }
@@ -64,11 +67,17 @@ pub struct Cluster {
 
 /// A free port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Waits until `url` answers 200, up to `deadline`.
-pub async fn wait_healthy(http: &reqwest::Client, url: &str, deadline: Duration) -> anyhow::Result<()> {
+pub async fn wait_healthy(
+    http: &reqwest::Client,
+    url: &str,
+    deadline: Duration,
+) -> anyhow::Result<()> {
     let until = tokio::time::Instant::now() + deadline;
     loop {
         if let Ok(res) = http.get(url).send().await {
@@ -76,7 +85,10 @@ pub async fn wait_healthy(http: &reqwest::Client, url: &str, deadline: Duration)
                 return Ok(());
             }
         }
-        anyhow::ensure!(tokio::time::Instant::now() < until, "{url} not healthy after {deadline:?}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < until,
+            "{url} not healthy after {deadline:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -107,12 +119,26 @@ impl Cluster {
             let port = free_port()?;
             let id = format!("clone{i}");
             let child = spawn_clone(&spec, &dir, &id, port, &spec.build)?;
-            clones.push(CloneProcess { id, port, child: Some(child) });
+            clones.push(CloneProcess {
+                id,
+                port,
+                child: Some(child),
+            });
         }
         for c in &clones {
-            wait_healthy(&http, &format!("http://127.0.0.1:{}/health", c.port), Duration::from_secs(30))
-                .await
-                .with_context(|| format!("{} did not start: see {}", c.id, dir.join(format!("{}.log", c.id)).display()))?;
+            wait_healthy(
+                &http,
+                &format!("http://127.0.0.1:{}/health", c.port),
+                Duration::from_secs(30),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "{} did not start: see {}",
+                    c.id,
+                    dir.join(format!("{}.log", c.id)).display()
+                )
+            })?;
         }
         let lb_port = free_port()?;
         let ports: Vec<u16> = clones.iter().map(|c| c.port).collect();
@@ -128,8 +154,20 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .context("starting haproxy (installed by ./lab up)")?;
-        let cluster = Cluster { spec, clones, haproxy, lb_port, dir, http };
-        wait_healthy(&cluster.http, &format!("{}/health", cluster.lb_url()), Duration::from_secs(10)).await?;
+        let cluster = Cluster {
+            spec,
+            clones,
+            haproxy,
+            lb_port,
+            dir,
+            http,
+        };
+        wait_healthy(
+            &cluster.http,
+            &format!("{}/health", cluster.lb_url()),
+            Duration::from_secs(10),
+        )
+        .await?;
         Ok(cluster)
     }
 
@@ -168,7 +206,11 @@ impl Cluster {
         if let Some(mut child) = self.clones[i].child.take() {
             if let Some(pid) = child.id() {
                 // SAFETY-free: kill(1) is the portable way to send SIGTERM.
-                Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
+                Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status()
+                    .await?;
             }
             tokio::time::timeout(Duration::from_secs(30), child.wait())
                 .await
@@ -177,7 +219,12 @@ impl Cluster {
         let c = &self.clones[i];
         let child = spawn_clone(&self.spec, &self.dir, &c.id, c.port, build)?;
         self.clones[i].child = Some(child);
-        wait_healthy(&self.http, &format!("{}/health", self.clone_url(i)), Duration::from_secs(30)).await?;
+        wait_healthy(
+            &self.http,
+            &format!("{}/health", self.clone_url(i)),
+            Duration::from_secs(30),
+        )
+        .await?;
         // Give HAProxy one check to see it up again before the next clone goes.
         tokio::time::sleep(self.spec.check_interval * 2).await;
         Ok(())
@@ -196,7 +243,13 @@ impl Cluster {
     pub async fn versions(&self) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
         for i in 0..self.clones.len() {
-            let v: serde_json::Value = self.http.get(format!("{}/health", self.clone_url(i))).send().await?.json().await?;
+            let v: serde_json::Value = self
+                .http
+                .get(format!("{}/health", self.clone_url(i)))
+                .send()
+                .await?
+                .json()
+                .await?;
             out.push(v["version"].as_str().unwrap_or("").to_owned());
         }
         Ok(out)
@@ -230,7 +283,13 @@ fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("opening {}", path.display()))
 }
 
-fn spawn_clone(spec: &ClusterSpec, dir: &Path, id: &str, port: u16, build: &str) -> anyhow::Result<Child> {
+fn spawn_clone(
+    spec: &ClusterSpec,
+    dir: &Path,
+    id: &str,
+    port: u16,
+    build: &str,
+) -> anyhow::Result<Child> {
     Command::new(&spec.binary)
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("CLONE_ID", id)

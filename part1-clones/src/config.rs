@@ -48,7 +48,11 @@ impl SessionKind {
 
 /// One clone of the part 1 app server.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "part1-server", version, about = "Part 1: a stateless app clone (sessions and files in Redis)")]
+#[command(
+    name = "part1-server",
+    version,
+    about = "Part 1: a stateless app clone (sessions and files in Redis)"
+)]
 pub struct ServerConfig {
     /// Port on 127.0.0.1; 0 picks a free one.
     #[arg(long, env = "PORT", default_value_t = 18081)]
@@ -96,6 +100,8 @@ impl ServerConfig {
 
     /// The clone id, or `clone-<pid>`.
     pub fn clone_name(&self) -> String {
-        self.clone_id.clone().unwrap_or_else(|| format!("clone-{}", std::process::id()))
+        self.clone_id
+            .clone()
+            .unwrap_or_else(|| format!("clone-{}", std::process::id()))
     }
 }

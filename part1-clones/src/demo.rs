@@ -17,7 +17,10 @@ use crate::cluster::{Cluster, ClusterSpec};
 
 /// Part 1's demo.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "part1-demo", about = "Part 1: clones behind a load balancer, measured")]
+#[command(
+    name = "part1-demo",
+    about = "Part 1: clones behind a load balancer, measured"
+)]
 pub struct DemoArgs {
     /// The clone binary; default: `part1-server` next to this demo.
     #[arg(long, env = "PART1_SERVER_BIN")]
@@ -65,7 +68,10 @@ impl Demo {
             ("SESSIONS", sessions),
             ("KEY_PREFIX", self.prefix.as_str()),
             ("REDIS_URL", self.args.stack.redis_url.as_str()),
-            ("MARIADB_PRIMARY_URL", self.args.stack.mariadb_primary_url.as_str()),
+            (
+                "MARIADB_PRIMARY_URL",
+                self.args.stack.mariadb_primary_url.as_str(),
+            ),
             ("RUST_LOG", "warn"),
         ];
         env.extend_from_slice(extra);
@@ -77,7 +83,10 @@ impl Demo {
         let http = http();
         let mut out = Vec::new();
         for i in 0..n {
-            let name = format!("{}_{i}", common::testing::unique_name("u").replace('_', "")).chars().take(32).collect::<String>();
+            let name = format!("{}_{i}", common::testing::unique_name("u").replace('_', ""))
+                .chars()
+                .take(32)
+                .collect::<String>();
             let u = UserClient::new(http.clone(), base);
             let status = u.signup(&name, PASSWORD).await?;
             anyhow::ensure!(status == 201, "signup of {name}: {status}");
@@ -123,24 +132,45 @@ impl Demo {
              {added} of {attempted} cart additions accepted; the cart shows {seen} ({items_lost:.1}% of items lost)"
         ));
         let cmp = "sessions behind the load balancer (3 clones, round robin)";
-        self.results.figure(cmp, &format!("{sessions} sessions: requests without a session"), lost_share, "%", "share of a logged-in user's requests answered 401");
-        self.results.figure(cmp, &format!("{sessions} sessions: cart items lost"), items_lost, "%", "cart items the user added but does not see in the cart");
+        self.results.figure(
+            cmp,
+            &format!("{sessions} sessions: requests without a session"),
+            lost_share,
+            "%",
+            "share of a logged-in user's requests answered 401",
+        );
+        self.results.figure(
+            cmp,
+            &format!("{sessions} sessions: cart items lost"),
+            items_lost,
+            "%",
+            "cart items the user added but does not see in the cart",
+        );
         Ok((lost_share, items_lost))
     }
 
-    async fn me_load(&self, name: &str, users: &[Arc<UserClient>], concurrency: usize) -> LoadReport {
+    async fn me_load(
+        &self,
+        name: &str,
+        users: &[Arc<UserClient>],
+        concurrency: usize,
+    ) -> LoadReport {
         let users = users.to_vec();
         let n = users.len() as u64;
-        measure::run_load(name, Load::closed(concurrency, Duration::from_secs(self.args.seconds)), move |i| {
-            let u = users[(i % n) as usize].clone();
-            async move {
-                match u.me().await {
-                    Ok(Some(_)) => Ok(()),
-                    Ok(None) => Err("no session (401)".to_string()),
-                    Err(e) => Err(format!("{e:#}")),
+        measure::run_load(
+            name,
+            Load::closed(concurrency, Duration::from_secs(self.args.seconds)),
+            move |i| {
+                let u = users[(i % n) as usize].clone();
+                async move {
+                    match u.me().await {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err("no session (401)".to_string()),
+                        Err(e) => Err(format!("{e:#}")),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -165,19 +195,57 @@ impl Demo {
                 lost += 1;
             }
         }
-        line(format!("sessions lost after the kill: {lost} of {}", users.len()));
+        line(format!(
+            "sessions lost after the kill: {lost} of {}",
+            users.len()
+        ));
         cluster.stop().await;
         let cmp = "a clone SIGKILLed under load (redis sessions)";
-        self.results.figure(cmp, "failed requests", report.errors as f64, "requests", "requests that got an error while clone2 died");
-        self.results.figure(cmp, "sessions lost", lost as f64, "sessions", "users logged out by the kill");
-        self.results.figure(cmp, "p99 calm", calm.latency.p99_us as f64, "µs", "99th percentile before the kill");
-        self.results.figure(cmp, "p99 with the kill", report.latency.p99_us as f64, "µs", "99th percentile of the run with the kill");
-        self.results.figure(cmp, "max with the kill", report.latency.max_us as f64, "µs", "the slowest request: the blip of a retried request");
+        self.results.figure(
+            cmp,
+            "failed requests",
+            report.errors as f64,
+            "requests",
+            "requests that got an error while clone2 died",
+        );
+        self.results.figure(
+            cmp,
+            "sessions lost",
+            lost as f64,
+            "sessions",
+            "users logged out by the kill",
+        );
+        self.results.figure(
+            cmp,
+            "p99 calm",
+            calm.latency.p99_us as f64,
+            "µs",
+            "99th percentile before the kill",
+        );
+        self.results.figure(
+            cmp,
+            "p99 with the kill",
+            report.latency.p99_us as f64,
+            "µs",
+            "99th percentile of the run with the kill",
+        );
+        self.results.figure(
+            cmp,
+            "max with the kill",
+            report.latency.max_us as f64,
+            "µs",
+            "the slowest request: the blip of a retried request",
+        );
         Ok(report)
     }
 
     fn clone_args(&self) -> Demo {
-        Demo { args: self.args.clone(), bin: self.bin.clone(), prefix: self.prefix.clone(), results: PartResults::not_built(1, "", "") }
+        Demo {
+            args: self.args.clone(),
+            bin: self.bin.clone(),
+            prefix: self.prefix.clone(),
+            results: PartResults::not_built(1, "", ""),
+        }
     }
 
     /// Step 4: an avatar uploaded through clone1 is served by the others.
@@ -196,9 +264,18 @@ impl Demo {
                 served += 1;
             }
         }
-        line(format!("uploaded through clone1; served identically by {served} of {} other clones", cluster.len() - 1));
+        line(format!(
+            "uploaded through clone1; served identically by {served} of {} other clones",
+            cluster.len() - 1
+        ));
         cluster.stop().await;
-        self.results.figure("user files in the shared store", "avatar served by other clones", served as f64, "clones", "clones (of 2) that served the picture uploaded through clone1");
+        self.results.figure(
+            "user files in the shared store",
+            "avatar served by other clones",
+            served as f64,
+            "clones",
+            "clones (of 2) that served the picture uploaded through clone1",
+        );
         Ok(())
     }
 
@@ -210,16 +287,20 @@ impl Demo {
         let run = {
             let users = users.clone();
             let n = users.len() as u64;
-            tokio::spawn(measure::run_load("redis, rolling restart", Load::closed(8, roll_time), move |i| {
-                let u = users[(i % n) as usize].clone();
-                async move {
-                    match u.me().await {
-                        Ok(Some(_)) => Ok(()),
-                        Ok(None) => Err("no session (401)".to_string()),
-                        Err(e) => Err(format!("{e:#}")),
+            tokio::spawn(measure::run_load(
+                "redis, rolling restart",
+                Load::closed(8, roll_time),
+                move |i| {
+                    let u = users[(i % n) as usize].clone();
+                    async move {
+                        match u.me().await {
+                            Ok(Some(_)) => Ok(()),
+                            Ok(None) => Err("no session (401)".to_string()),
+                            Err(e) => Err(format!("{e:#}")),
+                        }
                     }
-                }
-            }))
+                },
+            ))
         };
         let before = cluster.versions().await?;
         cluster.roll("v2").await?;
@@ -227,12 +308,32 @@ impl Demo {
         let after = cluster.versions().await?;
         cluster.stop().await;
         line(report.line());
-        line(format!("builds before the roll {before:?}, after {after:?}"));
+        line(format!(
+            "builds before the roll {before:?}, after {after:?}"
+        ));
         let same = after.iter().all(|v| v == "v2");
         let cmp = "rolling restart to a new build under load";
-        self.results.figure(cmp, "failed requests", report.errors as f64, "requests", "requests that got an error while each clone was replaced in turn");
-        self.results.figure(cmp, "requests served", report.requests as f64, "requests", "requests made during the roll");
-        self.results.figure(cmp, "clones on the new build", after.iter().filter(|v| *v == "v2").count() as f64, "clones", "clones that report the new build afterwards (of 3)");
+        self.results.figure(
+            cmp,
+            "failed requests",
+            report.errors as f64,
+            "requests",
+            "requests that got an error while each clone was replaced in turn",
+        );
+        self.results.figure(
+            cmp,
+            "requests served",
+            report.requests as f64,
+            "requests",
+            "requests made during the roll",
+        );
+        self.results.figure(
+            cmp,
+            "clones on the new build",
+            after.iter().filter(|v| *v == "v2").count() as f64,
+            "clones",
+            "clones that report the new build afterwards (of 3)",
+        );
         anyhow::ensure!(same, "a clone missed the roll: {after:?}");
         Ok(())
     }
@@ -241,18 +342,39 @@ impl Demo {
     async fn store_cost(&mut self) -> anyhow::Result<()> {
         let mut redis = common::testing::redis_at(&self.args.stack.redis_url).await?;
         let key = format!("{}:baseline", self.prefix);
-        let () = redis::cmd("SET").arg(&key).arg("x").query_async(&mut redis).await?;
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg("x")
+            .query_async(&mut redis)
+            .await?;
         let n = 400;
         let baseline = measure::sequential(n, |_| {
             let mut r = redis.clone();
             let key = key.clone();
-            async move { redis::cmd("GET").arg(&key).query_async::<String>(&mut r).await.map(drop) }
+            async move {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<String>(&mut r)
+                    .await
+                    .map(drop)
+            }
         })
         .await?
         .summary();
         let cmp = "session store cost per request (GET /me on one clone, sequential)";
-        line(format!("{:<30} p50 {:>8}  p99 {:>8}", "raw Redis GET (baseline)", fmt_us(baseline.p50_us), fmt_us(baseline.p99_us)));
-        self.results.figure(cmp, "raw Redis GET: p50", baseline.p50_us as f64, "µs", "one Redis round trip, no HTTP");
+        line(format!(
+            "{:<30} p50 {:>8}  p99 {:>8}",
+            "raw Redis GET (baseline)",
+            fmt_us(baseline.p50_us),
+            fmt_us(baseline.p99_us)
+        ));
+        self.results.figure(
+            cmp,
+            "raw Redis GET: p50",
+            baseline.p50_us as f64,
+            "µs",
+            "one Redis round trip, no HTTP",
+        );
         for store in ["memory", "redis", "mariadb"] {
             let cluster = Cluster::start(self.spec(1, store, &[])).await?;
             let users = self.users(&cluster.clone_url(0), 1).await?;
@@ -269,9 +391,26 @@ impl Demo {
             .await?
             .summary();
             cluster.stop().await;
-            line(format!("{:<30} p50 {:>8}  p99 {:>8}", format!("GET /me, {store} sessions"), fmt_us(lat.p50_us), fmt_us(lat.p99_us)));
-            self.results.figure(cmp, &format!("{store} sessions: p50"), lat.p50_us as f64, "µs", "median latency of GET /me");
-            self.results.figure(cmp, &format!("{store} sessions: p99"), lat.p99_us as f64, "µs", "99th percentile of GET /me");
+            line(format!(
+                "{:<30} p50 {:>8}  p99 {:>8}",
+                format!("GET /me, {store} sessions"),
+                fmt_us(lat.p50_us),
+                fmt_us(lat.p99_us)
+            ));
+            self.results.figure(
+                cmp,
+                &format!("{store} sessions: p50"),
+                lat.p50_us as f64,
+                "µs",
+                "median latency of GET /me",
+            );
+            self.results.figure(
+                cmp,
+                &format!("{store} sessions: p99"),
+                lat.p99_us as f64,
+                "µs",
+                "99th percentile of GET /me",
+            );
         }
         Ok(())
     }
@@ -279,22 +418,44 @@ impl Demo {
     /// Step 7: performance (1 user) vs scalability (many), 1 clone vs 3.
     async fn scaling(&mut self) -> anyhow::Result<()> {
         let (service_ms, slots) = (20u64, 4usize);
-        let ceiling = crate::capacity::Capacity::ceiling(slots, Duration::from_millis(service_ms)).unwrap_or(0.0);
+        let ceiling = crate::capacity::Capacity::ceiling(slots, Duration::from_millis(service_ms))
+            .unwrap_or(0.0);
         line(format!(
             "each clone is modelled as {slots} requests at a time x {service_ms} ms each: at most {ceiling:.0} req/s per clone \
              (the 2 cores are shared, so unmodelled CPU-bound clones could not scale out here)"
         ));
         let (ms, sl) = (service_ms.to_string(), slots.to_string());
         for clones in [1usize, 3] {
-            let cluster = Cluster::start(self.spec(clones, "redis", &[("SERVICE_TIME_MS", &ms), ("MAX_CONCURRENCY", &sl)])).await?;
+            let cluster = Cluster::start(self.spec(
+                clones,
+                "redis",
+                &[("SERVICE_TIME_MS", &ms), ("MAX_CONCURRENCY", &sl)],
+            ))
+            .await?;
             let users = self.users(&cluster.lb_url(), self.args.users).await?;
             let cmp = format!("performance vs scalability: {clones} clone(s) behind HAProxy");
             for concurrency in [1usize, 4, 12, 32] {
                 let name = format!("{clones} clone(s), {concurrency} users");
                 let report = self.me_load(&name, &users, concurrency).await;
-                line(format!("{}   (model: {:.0} req/s max)", report.line(), ceiling * clones as f64));
-                self.results.figure(&cmp, &format!("{concurrency} users: throughput"), report.throughput, "req/s", "successful requests per second");
-                self.results.figure(&cmp, &format!("{concurrency} users: p99"), report.latency.p99_us as f64, "µs", "99th percentile latency");
+                line(format!(
+                    "{}   (model: {:.0} req/s max)",
+                    report.line(),
+                    ceiling * clones as f64
+                ));
+                self.results.figure(
+                    &cmp,
+                    &format!("{concurrency} users: throughput"),
+                    report.throughput,
+                    "req/s",
+                    "successful requests per second",
+                );
+                self.results.figure(
+                    &cmp,
+                    &format!("{concurrency} users: p99"),
+                    report.latency.p99_us as f64,
+                    "µs",
+                    "99th percentile latency",
+                );
             }
             cluster.stop().await;
         }
@@ -312,7 +473,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("part1-server"),
     };
-    anyhow::ensure!(bin.exists(), "{} not found: build it with cargo build --release -p part1-clones", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it with cargo build --release -p part1-clones",
+        bin.display()
+    );
     // Fail fast, with the command that fixes it, if the stack is down.
     common::testing::redis_at(&args.stack.redis_url).await?;
     common::testing::mariadb_at("MariaDB primary", &args.stack.mariadb_primary_url).await?;
@@ -325,26 +490,60 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     println!("Part 1: Clones. {CLAIM}");
 
-    lesson(1, "Memory sessions behind the load balancer", "Each clone keeps sessions in its own memory; round robin sends 2 requests in 3 to a clone that never saw the login.");
+    lesson(
+        1,
+        "Memory sessions behind the load balancer",
+        "Each clone keeps sessions in its own memory; round robin sends 2 requests in 3 to a clone that never saw the login.",
+    );
     let (lost, _) = demo.sessions_behind_lb("memory").await?;
-    lesson(2, "Redis sessions, the same run", "Every clone reads the same session from Redis.");
+    lesson(
+        2,
+        "Redis sessions, the same run",
+        "Every clone reads the same session from Redis.",
+    );
     let (redis_lost, redis_items) = demo.sessions_behind_lb("redis").await?;
-    anyhow::ensure!(redis_lost == 0.0 && redis_items == 0.0, "Redis sessions lost state: the fix is broken");
-    anyhow::ensure!(lost > 0.0, "memory sessions lost nothing: is the load balancer spreading requests?");
+    anyhow::ensure!(
+        redis_lost == 0.0 && redis_items == 0.0,
+        "Redis sessions lost state: the fix is broken"
+    );
+    anyhow::ensure!(
+        lost > 0.0,
+        "memory sessions lost nothing: is the load balancer spreading requests?"
+    );
 
-    lesson(3, "A clone SIGKILLed under load", "HAProxy retries the request on another clone; the session is in Redis, so nobody is logged out.");
+    lesson(
+        3,
+        "A clone SIGKILLed under load",
+        "HAProxy retries the request on another clone; the session is in Redis, so nobody is logged out.",
+    );
     demo.kill_drill().await?;
 
-    lesson(4, "User files in the shared store", "A profile picture uploaded through one clone is served by every other.");
+    lesson(
+        4,
+        "User files in the shared store",
+        "A profile picture uploaded through one clone is served by every other.",
+    );
     demo.avatars().await?;
 
-    lesson(5, "Rolling restart to a new build", "Every clone runs the same code: replace them one at a time, under load, and no request fails.");
+    lesson(
+        5,
+        "Rolling restart to a new build",
+        "Every clone runs the same code: replace them one at a time, under load, and no request fails.",
+    );
     demo.rolling_restart().await?;
 
-    lesson(6, "What the session store costs a request", "Redis adds one round trip to a request; MariaDB adds a read and a write on the busiest server.");
+    lesson(
+        6,
+        "What the session store costs a request",
+        "Redis adds one round trip to a request; MariaDB adds a read and a write on the busiest server.",
+    );
     demo.store_cost().await?;
 
-    lesson(7, "Performance vs scalability", "One user sees the latency (performance); many users see whether throughput grows with clones (scalability).");
+    lesson(
+        7,
+        "Performance vs scalability",
+        "One user sees the latency (performance); many users see whether throughput grows with clones (scalability).",
+    );
     demo.scaling().await?;
 
     let path = demo.results.write(&demo.args.results_dir)?;

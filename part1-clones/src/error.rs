@@ -65,7 +65,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::Unavailable { what, cause } => tracing::warn!(%what, %cause, "store unavailable"),
+            ApiError::Unavailable { what, cause } => {
+                tracing::warn!(%what, %cause, "store unavailable")
+            }
             ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
             _ => {}
         }

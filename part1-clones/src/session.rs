@@ -54,8 +54,11 @@ impl SessionId {
     /// digits. Anything else (garbage, injection attempts, ids of another
     /// format) is simply "no session".
     pub fn parse(raw: &str) -> Option<Self> {
-        (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| SessionId(raw.to_owned()))
+        (raw.len() == 64
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| SessionId(raw.to_owned()))
     }
 
     /// The id as text.
@@ -90,17 +93,28 @@ pub trait SessionStore: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Starts a session for a user and returns its new id.
-    fn create(&self, user_id: u64, username: &str) -> impl Future<Output = Result<SessionId, StoreError>> + Send;
+    fn create(
+        &self,
+        user_id: u64,
+        username: &str,
+    ) -> impl Future<Output = Result<SessionId, StoreError>> + Send;
 
     /// Loads a live session and extends its idle expiry; `None` if it does
     /// not exist or has expired.
-    fn load(&self, id: &SessionId) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
+    fn load(
+        &self,
+        id: &SessionId,
+    ) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
 
     /// Ends a session: its record and its cart are deleted.
     fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Appends an item to the session's cart, atomically; returns the cart's length.
-    fn add_to_cart(&self, id: &SessionId, item: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn add_to_cart(
+        &self,
+        id: &SessionId,
+        item: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// The session's cart, oldest item first.
     fn cart(&self, id: &SessionId) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
@@ -160,7 +174,11 @@ impl SessionStore for MemorySessions {
         entries.insert(
             id.clone(),
             MemoryEntry {
-                session: Session { user_id, username: username.to_owned(), created_at: t },
+                session: Session {
+                    user_id,
+                    username: username.to_owned(),
+                    created_at: t,
+                },
                 last_seen: t,
                 cart: Vec::new(),
             },
@@ -187,13 +205,19 @@ impl SessionStore for MemorySessions {
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
-        self.entries.lock().expect("session map poisoned").remove(id);
+        self.entries
+            .lock()
+            .expect("session map poisoned")
+            .remove(id);
         Ok(())
     }
 
     async fn add_to_cart(&self, id: &SessionId, item: &str) -> Result<u64, StoreError> {
         let mut entries = self.entries.lock().expect("session map poisoned");
-        let e = entries.get_mut(id).ok_or_else(|| StoreError { store: "memory", cause: "session vanished".into() })?;
+        let e = entries.get_mut(id).ok_or_else(|| StoreError {
+            store: "memory",
+            cause: "session vanished".into(),
+        })?;
         e.cart.push(item.to_owned());
         Ok(e.cart.len() as u64)
     }
@@ -229,13 +253,20 @@ pub struct RedisSessions {
 }
 
 fn redis_err(e: redis::RedisError) -> StoreError {
-    StoreError { store: "redis", cause: e.to_string() }
+    StoreError {
+        store: "redis",
+        cause: e.to_string(),
+    }
 }
 
 impl RedisSessions {
     /// Sessions under the key prefix `prefix` (tests use a unique one).
     pub fn new(redis: redis::aio::ConnectionManager, prefix: &str, expiry: Expiry) -> Self {
-        RedisSessions { redis, prefix: prefix.to_owned(), expiry }
+        RedisSessions {
+            redis,
+            prefix: prefix.to_owned(),
+            expiry,
+        }
     }
 
     /// The key of a session's record.
@@ -259,7 +290,14 @@ impl SessionStore for RedisSessions {
         let key = self.session_key(&id);
         let mut conn = self.redis.clone();
         let () = redis::pipe()
-            .hset_multiple(&key, &[("user_id", user_id.to_string()), ("username", username.to_owned()), ("created_at", now().to_string())])
+            .hset_multiple(
+                &key,
+                &[
+                    ("user_id", user_id.to_string()),
+                    ("username", username.to_owned()),
+                    ("created_at", now().to_string()),
+                ],
+            )
             .ignore()
             .expire(&key, self.expiry.idle.as_secs() as i64)
             .ignore()
@@ -302,7 +340,10 @@ impl SessionStore for RedisSessions {
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         let mut conn = self.redis.clone();
-        let _: u64 = conn.del(&[self.session_key(id), self.cart_key(id)]).await.map_err(redis_err)?;
+        let _: u64 = conn
+            .del(&[self.session_key(id), self.cart_key(id)])
+            .await
+            .map_err(redis_err)?;
         Ok(())
     }
 
@@ -322,12 +363,17 @@ impl SessionStore for RedisSessions {
 
     async fn cart(&self, id: &SessionId) -> Result<Vec<String>, StoreError> {
         let mut conn = self.redis.clone();
-        conn.lrange(self.cart_key(id), 0, -1).await.map_err(redis_err)
+        conn.lrange(self.cart_key(id), 0, -1)
+            .await
+            .map_err(redis_err)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.redis.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(redis_err)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
         Ok(())
     }
 }
@@ -344,7 +390,10 @@ pub struct MariadbSessions {
 }
 
 fn sql_err(e: sqlx::Error) -> StoreError {
-    StoreError { store: "mariadb", cause: e.to_string() }
+    StoreError {
+        store: "mariadb",
+        cause: e.to_string(),
+    }
 }
 
 impl MariadbSessions {
@@ -376,16 +425,19 @@ impl SessionStore for MariadbSessions {
 
     async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         let t = now();
-        let row: Option<(u64, String, i64, i64)> =
-            sqlx::query_as("SELECT user_id, username, created_at, last_seen FROM sessions WHERE id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(sql_err)?;
+        let row: Option<(u64, String, i64, i64)> = sqlx::query_as(
+            "SELECT user_id, username, created_at, last_seen FROM sessions WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(sql_err)?;
         let Some((user_id, username, created_at, last_seen)) = row else {
             return Ok(None);
         };
-        if t - last_seen >= self.expiry.idle.as_secs() as i64 || t - created_at >= self.expiry.absolute.as_secs() as i64 {
+        if t - last_seen >= self.expiry.idle.as_secs() as i64
+            || t - created_at >= self.expiry.absolute.as_secs() as i64
+        {
             self.delete(id).await?;
             return Ok(None);
         }
@@ -396,13 +448,25 @@ impl SessionStore for MariadbSessions {
             .execute(&self.pool)
             .await
             .map_err(sql_err)?;
-        Ok(Some(Session { user_id, username, created_at }))
+        Ok(Some(Session {
+            user_id,
+            username,
+            created_at,
+        }))
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(sql_err)?;
-        sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id.as_str()).execute(&mut *tx).await.map_err(sql_err)?;
-        sqlx::query("DELETE FROM cart_items WHERE session_id = ?").bind(id.as_str()).execute(&mut *tx).await.map_err(sql_err)?;
+        sqlx::query("DELETE FROM sessions WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_err)?;
+        sqlx::query("DELETE FROM cart_items WHERE session_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_err)?;
         tx.commit().await.map_err(sql_err)
     }
 
@@ -430,7 +494,10 @@ impl SessionStore for MariadbSessions {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(sql_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(sql_err)?;
         Ok(())
     }
 }
@@ -450,7 +517,14 @@ mod tests {
 
     #[test]
     fn hostile_cookies_are_no_session() {
-        for raw in ["", "x", "../../etc/passwd", "*", &"A".repeat(64), &format!("{}\r\nFLUSHALL", "a".repeat(54))] {
+        for raw in [
+            "",
+            "x",
+            "../../etc/passwd",
+            "*",
+            &"A".repeat(64),
+            &format!("{}\r\nFLUSHALL", "a".repeat(54)),
+        ] {
             assert_eq!(SessionId::parse(raw), None, "{raw:?}");
         }
     }
@@ -467,7 +541,10 @@ mod tests {
 
     #[tokio::test]
     async fn memory_sessions_expire_and_keep_a_cart() {
-        let store = MemorySessions::new(Expiry { idle: Duration::from_secs(60), absolute: Duration::from_secs(3600) });
+        let store = MemorySessions::new(Expiry {
+            idle: Duration::from_secs(60),
+            absolute: Duration::from_secs(3600),
+        });
         let id = store.create(7, "ada").await.unwrap();
         assert_eq!(store.load(&id).await.unwrap().unwrap().username, "ada");
         assert_eq!(store.add_to_cart(&id, "book").await.unwrap(), 1);
@@ -475,7 +552,10 @@ mod tests {
         store.delete(&id).await.unwrap();
         assert_eq!(store.load(&id).await.unwrap(), None);
 
-        let expired = MemorySessions::new(Expiry { idle: Duration::ZERO, absolute: Duration::from_secs(3600) });
+        let expired = MemorySessions::new(Expiry {
+            idle: Duration::ZERO,
+            absolute: Duration::from_secs(3600),
+        });
         let id = expired.create(7, "ada").await.unwrap();
         assert_eq!(expired.load(&id).await.unwrap(), None);
     }

@@ -40,7 +40,11 @@ pub fn hash_password(password: &str) -> String {
 /// Checks a password against a PHC hash; a malformed hash is a mismatch.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -85,9 +89,9 @@ impl Users {
             .await;
         match created {
             Ok(r) => Ok(r.last_insert_id()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(ApiError::Conflict(format!("the username {username} is taken")))
-            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(ApiError::Conflict(
+                format!("the username {username} is taken"),
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -99,13 +103,23 @@ impl Users {
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|(id, username, password_hash)| UserRecord { id, username, password_hash }))
+        Ok(row.map(|(id, username, password_hash)| UserRecord {
+            id,
+            username,
+            password_hash,
+        }))
     }
 
     /// The user if the password is right, else `BadCredentials`.
-    pub async fn authenticate(&self, username: &str, password: &str) -> Result<UserRecord, ApiError> {
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<UserRecord, ApiError> {
         let user = self.find(username).await?;
-        let hash = user.as_ref().map_or_else(|| DUMMY_HASH.clone(), |u| u.password_hash.clone());
+        let hash = user
+            .as_ref()
+            .map_or_else(|| DUMMY_HASH.clone(), |u| u.password_hash.clone());
         let password = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
@@ -119,16 +133,24 @@ impl Users {
     /// Loads the dataset's users (`user1`..`userN`), all with
     /// [`common::dataset::DATASET_PASSWORD`] hashed once (see its doc), in
     /// batches. Users already there are kept. Returns how many were new.
-    pub async fn load_dataset(&self, spec: &common::dataset::DatasetSpec) -> Result<u64, sqlx::Error> {
+    pub async fn load_dataset(
+        &self,
+        spec: &common::dataset::DatasetSpec,
+    ) -> Result<u64, sqlx::Error> {
         let hash = tokio::task::spawn_blocking(|| hash_password(common::dataset::DATASET_PASSWORD))
             .await
             .expect("hashing task");
         let mut inserted = 0;
         let users: Vec<_> = spec.users().collect();
         for batch in users.chunks(1000) {
-            let mut q = sqlx::QueryBuilder::new("INSERT IGNORE INTO users (id, username, password_hash, created_at) ");
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT IGNORE INTO users (id, username, password_hash, created_at) ",
+            );
             q.push_values(batch, |mut row, u| {
-                row.push_bind(u.id).push_bind(&u.username).push_bind(&hash).push_bind(u.joined_at);
+                row.push_bind(u.id)
+                    .push_bind(&u.username)
+                    .push_bind(&hash)
+                    .push_bind(u.joined_at);
             });
             inserted += q.build().execute(&self.pool).await?.rows_affected();
         }

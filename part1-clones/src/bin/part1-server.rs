@@ -9,6 +9,9 @@ use part1_clones::config::ServerConfig;
 async fn main() -> anyhow::Result<()> {
     common::telemetry::init();
     let config = ServerConfig::parse();
-    Application::build(config).await?.run_until_stopped().await?;
+    Application::build(config)
+        .await?
+        .run_until_stopped()
+        .await?;
     Ok(())
 }
