@@ -80,10 +80,10 @@ pub async fn wait_healthy(
 ) -> anyhow::Result<()> {
     let until = tokio::time::Instant::now() + deadline;
     loop {
-        if let Ok(res) = http.get(url).send().await {
-            if res.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(res) = http.get(url).send().await
+            && res.status().is_success()
+        {
+            return Ok(());
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < until,
@@ -205,7 +205,8 @@ impl Cluster {
     pub async fn restart(&mut self, i: usize, build: &str) -> anyhow::Result<()> {
         if let Some(mut child) = self.clones[i].child.take() {
             if let Some(pid) = child.id() {
-                // SAFETY-free: kill(1) is the portable way to send SIGTERM.
+                // tokio's Child can only SIGKILL; kill(1) sends the SIGTERM
+                // that triggers the graceful shutdown.
                 Command::new("kill")
                     .arg("-TERM")
                     .arg(pid.to_string())
