@@ -21,14 +21,19 @@ use part1_clones::app::{Application, connect_database, connect_redis};
 use part1_clones::config::ServerConfig;
 use part1_clones::session::{Expiry, MariadbSessions, MemorySessions, RedisSessions, SessionStore};
 
-const EXPIRY: Expiry = Expiry { idle: Duration::from_secs(600), absolute: Duration::from_secs(3600) };
+const EXPIRY: Expiry = Expiry {
+    idle: Duration::from_secs(600),
+    absolute: Duration::from_secs(3600),
+};
 
 fn sessions(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stack = common::testing::stack();
     let prefix = common::testing::unique_name("bench1");
     let (mut raw, redis, pool) = rt.block_on(async {
-        let raw = common::testing::redis_at(&stack.redis_url).await.unwrap_or_else(|e| panic!("{e}"));
+        let raw = common::testing::redis_at(&stack.redis_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let redis = connect_redis(&stack.redis_url).await.unwrap();
         let pool = connect_database(&stack.mariadb_primary_url).await.unwrap();
         (raw, redis, pool)
@@ -37,14 +42,27 @@ fn sessions(c: &mut Criterion) {
     let redis_store = RedisSessions::new(redis, &prefix, EXPIRY);
     let mariadb = MariadbSessions::new(pool, EXPIRY);
     let key = format!("{prefix}:baseline");
-    rt.block_on(async { redis::cmd("SET").arg(&key).arg("x").query_async::<()>(&mut raw).await.unwrap() });
+    rt.block_on(async {
+        redis::cmd("SET")
+            .arg(&key)
+            .arg("x")
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap()
+    });
 
     let mut group = c.benchmark_group("sessions/load");
     group.bench_function("redis GET (baseline)", |b| {
         b.to_async(&rt).iter(|| {
             let mut conn = raw.clone();
             let key = key.clone();
-            async move { redis::cmd("GET").arg(&key).query_async::<String>(&mut conn).await.unwrap() }
+            async move {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .unwrap()
+            }
         })
     });
     bench_store(&mut group, &rt, &memory);
@@ -53,10 +71,15 @@ fn sessions(c: &mut Criterion) {
     group.finish();
 }
 
-fn bench_store<S: SessionStore>(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, rt: &tokio::runtime::Runtime, store: &S) {
+fn bench_store<S: SessionStore>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    store: &S,
+) {
     let id = rt.block_on(store.create(1, "bench_user")).unwrap();
     group.bench_function(store.name(), |b| {
-        b.to_async(rt).iter(|| async { assert!(store.load(&id).await.unwrap().is_some()) })
+        b.to_async(rt)
+            .iter(|| async { assert!(store.load(&id).await.unwrap().is_some()) })
     });
     rt.block_on(store.delete(&id)).unwrap();
 }
@@ -71,7 +94,10 @@ fn request(c: &mut Criterion) {
         let base = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until(std::future::pending()));
         let user = part1_clones::client::UserClient::new(part1_clones::client::http(), &base);
-        let name = format!("b{}", common::testing::unique_name("").replace('_', "")).chars().take(30).collect::<String>();
+        let name = format!("b{}", common::testing::unique_name("").replace('_', ""))
+            .chars()
+            .take(30)
+            .collect::<String>();
         assert_eq!(user.signup(&name, "bench-password").await.unwrap(), 201);
         user.login(&name, "bench-password").await.unwrap();
         (base, user)
@@ -79,10 +105,20 @@ fn request(c: &mut Criterion) {
     let http = part1_clones::client::http();
     let mut group = c.benchmark_group("request");
     group.bench_function("health (no session)", |b| {
-        b.to_async(&rt).iter(|| async { assert!(http.get(format!("{base}/health")).send().await.unwrap().status().is_success()) })
+        b.to_async(&rt).iter(|| async {
+            assert!(
+                http.get(format!("{base}/health"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .is_success()
+            )
+        })
     });
     group.bench_function("me (redis session)", |b| {
-        b.to_async(&rt).iter(|| async { assert!(user.me().await.unwrap().is_some()) })
+        b.to_async(&rt)
+            .iter(|| async { assert!(user.me().await.unwrap().is_some()) })
     });
     group.finish();
 }

@@ -395,6 +395,11 @@ impl Application {
     /// Connects to the stores, runs migrations, binds the port.
     pub async fn build(config: ServerConfig) -> anyhow::Result<Self> {
         let pool = connect_database(&config.stack.mariadb_primary_url).await?;
+        if let Some(scale) = config.load_dataset {
+            let spec = common::dataset::DatasetSpec::new(config.dataset_seed, scale);
+            let new = Users::new(pool.clone()).load_dataset(&spec).await?;
+            tracing::info!(new, users = spec.sizes.users, "dataset users loaded");
+        }
         let redis = connect_redis(&config.stack.redis_url).await?;
         let expiry = Expiry {
             idle: Duration::from_secs(config.session_idle_secs),

@@ -17,6 +17,8 @@
 //! | `MAX_AVATAR_BYTES` | `--max-avatar-bytes` | `262144` |
 //! | `SERVICE_TIME_MS` | `--service-time-ms` | `0` (modelled work per request) |
 //! | `MAX_CONCURRENCY` | `--max-concurrency` | `0` (unlimited) |
+//! | `LOAD_DATASET` | `--load-dataset` | unset (`tiny` \| `default` \| `large`) |
+//! | `DATASET_SEED` | `--dataset-seed` | `42` |
 //!
 //! plus the stack's URLs of [`common::config::StackConfig`] (`REDIS_URL`,
 //! `MARIADB_PRIMARY_URL`, ...).
@@ -87,6 +89,13 @@ pub struct ServerConfig {
     /// Requests this clone works on at once; 0 is unlimited (see `capacity`).
     #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 0)]
     pub max_concurrency: usize,
+    /// Load the dataset's users at start (`tiny`, `default`, `large`), so
+    /// `user1`.. log in with the dataset password. Existing users are kept.
+    #[arg(long, env = "LOAD_DATASET")]
+    pub load_dataset: Option<common::dataset::Scale>,
+    /// The dataset's seed.
+    #[arg(long, env = "DATASET_SEED", default_value_t = 42)]
+    pub dataset_seed: u64,
     /// The stack's URLs.
     #[command(flatten)]
     pub stack: StackConfig,

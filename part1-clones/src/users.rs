@@ -140,8 +140,15 @@ impl Users {
         let hash = tokio::task::spawn_blocking(|| hash_password(common::dataset::DATASET_PASSWORD))
             .await
             .expect("hashing task");
+        // Clones start together and each loads: one at a time, or InnoDB
+        // may deadlock two INSERT IGNOREs of the same keys.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT GET_LOCK('part1_dataset', 60)")
+            .execute(&mut *conn)
+            .await?;
         let mut inserted = 0;
         let users: Vec<_> = spec.users().collect();
+        let mut outcome = Ok(());
         for batch in users.chunks(1000) {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT IGNORE INTO users (id, username, password_hash, created_at) ",
@@ -152,9 +159,18 @@ impl Users {
                     .push_bind(&hash)
                     .push_bind(u.joined_at);
             });
-            inserted += q.build().execute(&self.pool).await?.rows_affected();
+            match q.build().execute(&mut *conn).await {
+                Ok(r) => inserted += r.rows_affected(),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(inserted)
+        let _ = sqlx::query("SELECT RELEASE_LOCK('part1_dataset')")
+            .execute(&mut *conn)
+            .await;
+        outcome.map(|()| inserted)
     }
 }
 

@@ -236,3 +236,23 @@ async fn cart_items_are_validated() {
     assert_eq!(u.cart().await.unwrap().unwrap().items, vec!["a book"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_datasets_users_log_in_with_the_dataset_password() {
+    let app = spawn_app("redis", |c| {
+        c.load_dataset = Some(common::dataset::Scale::Tiny)
+    })
+    .await;
+    let u = app.user();
+    let me = u
+        .login("user1", common::dataset::DATASET_PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!((me.id, me.username.as_str()), (1, "user1"));
+    assert!(u.login("user2", "not the password").await.is_err());
+    // Loading again keeps what is there and adds nothing.
+    let users = part1_clones::users::Users::new(app.db.pool.clone());
+    let spec = common::dataset::DatasetSpec::new(42, common::dataset::Scale::Tiny);
+    assert_eq!(users.load_dataset(&spec).await.unwrap(), 0);
+    app.stop().await;
+}
