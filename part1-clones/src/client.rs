@@ -120,6 +120,16 @@ impl UserClient {
         }
     }
 
+    /// `GET /me` for load runs: `Ok` only if the session was found; the
+    /// error says why not (401, or the transport failure).
+    pub async fn me_required(&self) -> Result<(), String> {
+        match self.me().await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("no session (401)".to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
     /// `POST /cart/items`: the status (201, or 401 when the clone knows no session).
     pub async fn add_item(&self, item: &str) -> anyhow::Result<StatusCode> {
         let res = self

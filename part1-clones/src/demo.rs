@@ -162,13 +162,7 @@ impl Demo {
             Load::closed(concurrency, Duration::from_secs(self.args.seconds)),
             move |i| {
                 let u = users[(i % n) as usize].clone();
-                async move {
-                    match u.me().await {
-                        Ok(Some(_)) => Ok(()),
-                        Ok(None) => Err("no session (401)".to_string()),
-                        Err(e) => Err(format!("{e:#}")),
-                    }
-                }
+                async move { u.me_required().await }
             },
         )
         .await
@@ -292,13 +286,7 @@ impl Demo {
                 Load::closed(8, roll_time),
                 move |i| {
                     let u = users[(i % n) as usize].clone();
-                    async move {
-                        match u.me().await {
-                            Ok(Some(_)) => Ok(()),
-                            Ok(None) => Err("no session (401)".to_string()),
-                            Err(e) => Err(format!("{e:#}")),
-                        }
-                    }
+                    async move { u.me_required().await }
                 },
             ))
         };
@@ -381,14 +369,10 @@ impl Demo {
             let u = users[0].clone();
             let lat = measure::sequential(n, |_| {
                 let u = u.clone();
-                async move {
-                    match u.me().await {
-                        Ok(Some(_)) => Ok(()),
-                        other => Err(anyhow::anyhow!("GET /me: {other:?}")),
-                    }
-                }
+                async move { u.me_required().await }
             })
-            .await?
+            .await
+            .map_err(|e| anyhow::anyhow!("GET /me: {e}"))?
             .summary();
             cluster.stop().await;
             line(format!(

@@ -102,13 +102,7 @@ async fn me_load(users: Vec<Arc<UserClient>>, duration: Duration) -> common::mea
     let n = users.len() as u64;
     run_load("drill", Load::closed(6, duration), move |i| {
         let u = users[(i % n) as usize].clone();
-        async move {
-            match u.me().await {
-                Ok(Some(_)) => Ok(()),
-                Ok(None) => Err("no session".to_string()),
-                Err(e) => Err(format!("{e:#}")),
-            }
-        }
+        async move { u.me_required().await }
     })
     .await
 }
