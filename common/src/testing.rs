@@ -177,9 +177,147 @@ impl TestDatabase {
     }
 }
 
+/// A TCP proxy in front of a real server, for failure drills: [`ChaosProxy::cut`]
+/// drops every connection and refuses new ones, as if the server died;
+/// [`ChaosProxy::restore`] lets traffic through again. Tests break *their*
+/// path to a shared server this way without stopping the server for the
+/// other tests that run in parallel.
+pub struct ChaosProxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ChaosProxy {
+    /// Starts a proxy on a free port of 127.0.0.1 that forwards to `target`
+    /// (`host:port`).
+    pub async fn start(target: &str) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let generation = std::sync::Arc::new(tx);
+        let target = target.to_owned();
+        let (open2, gen2) = (open.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !open2.load(Ordering::SeqCst) {
+                    drop(client); // refused: closed at once
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = gen2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {} // cut: both ends dropped
+                    }
+                });
+            }
+        });
+        Ok(ChaosProxy {
+            port,
+            open,
+            generation,
+            task,
+        })
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `url` with its `host:port` replaced by the proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let (auth_host, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let (auth, _) = auth_host
+            .rsplit_once('@')
+            .map_or(("", auth_host), |(a, h)| (a, h));
+        let auth = if auth.is_empty() {
+            String::new()
+        } else {
+            format!("{auth}@")
+        };
+        let path = if path.is_empty() {
+            String::new()
+        } else {
+            format!("/{path}")
+        };
+        format!("{scheme}://{auth}127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_chaos_proxy_forwards_cuts_and_restores() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = echo.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 16];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = ChaosProxy::start(&target).await.unwrap();
+        let addr = format!("127.0.0.1:{}", proxy.port());
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        proxy.cut();
+        // The open connection is dropped, and a new one gets no answer.
+        assert_eq!(c.read(&mut buf).await.unwrap_or(0), 0);
+        let mut fresh = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = fresh.write_all(b"x").await;
+        assert_eq!(fresh.read(&mut buf).await.unwrap_or(0), 0);
+        proxy.restore();
+        let mut again = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        again.write_all(b"pong").await.unwrap();
+        again.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        assert_eq!(
+            proxy.url_for("mysql://lab:pw@127.0.0.1:13306/lab"),
+            format!("mysql://lab:pw@127.0.0.1:{}/lab", proxy.port())
+        );
+    }
 
     #[test]
     fn names_are_unique_and_safe() {

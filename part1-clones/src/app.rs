@@ -350,9 +350,15 @@ pub async fn connect_database(url: &str) -> anyhow::Result<MySqlPool> {
                 common::testing::redact(url)
             )
         })?;
-    // Clones start together, and each runs the migrations: serialise them
-    // with a named lock so two clones never create the same table at once.
-    // (Production runs migrations once, as a deploy step before the roll.)
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Runs part 1's migrations. Clones start together, and each runs them:
+/// a named lock serialises them so two clones never create the same table
+/// at once. (Production runs migrations once, as a deploy step before the roll.)
+pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
+    use anyhow::Context;
     let mut conn = pool
         .acquire()
         .await
@@ -369,9 +375,7 @@ pub async fn connect_database(url: &str) -> anyhow::Result<MySqlPool> {
     let _ = sqlx::query("SELECT RELEASE_LOCK('part1_migrations')")
         .execute(&mut *conn)
         .await;
-    migrated.context("running part 1's migrations")?;
-    drop(conn);
-    Ok(pool)
+    migrated.context("running part 1's migrations")
 }
 
 /// Connects to Redis; the manager reconnects by itself if Redis restarts.

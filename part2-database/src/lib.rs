@@ -1,13 +1,35 @@
 //! # Part 2: Database
 //!
-//! > The database becomes the bottleneck. Either stay with MySQL and replicate (writes to the primary, reads from replicas), scale up, shard, denormalize and tune SQL, or move to NoSQL early, denormalize, and do joins in application code.
+//! > The database becomes the bottleneck. Path 1: stay with MySQL,
+//! > replicate (writes to the primary, reads from replicas), scale the
+//! > primary up, then shard, denormalize and tune SQL; it works but gets
+//! > complex. Path 2: move to NoSQL early, denormalize, no joins in the
+//! > database, joins in application code.
 //!
-//! Both paths, on the same dataset, measured side by side: read/write splitting and replication lag, read-your-writes, sharding and resharding, denormalization, indexes and N+1, and MongoDB with joins in application code.
+//! Both paths, on the same dataset, measured side by side.
 //!
-//! **Not built yet.** This crate holds the lesson's text and a placeholder
-//! demo that says so; the work is tracked as issue 4. The demo writes
-//! `target/lab/results/part2.json` marked "not built", so the report lists
-//! this part without inventing a single number.
+//! ## Reading order
+//!
+//! 1. [`schema`]: the social blog in MariaDB, migrations, a batched loader.
+//! 2. [`articles`]: reads by JOIN against denormalized columns kept right in
+//!    the write's transaction; N+1 queries against one batched query.
+//! 3. [`tuning`]: the same query without its index and with it, and EXPLAIN.
+//! 4. [`replication`]: the read/write split pool with health checks and
+//!    fallback; replication lag; read-your-writes three ways.
+//! 5. [`sharding`]: placement (modulo, consistent hashing, directory), ids
+//!    unique across shards, scatter-gather across shards.
+//! 6. [`mongo`]: documents, joins in application code, the migration.
+//! 7. [`demo`]: the experiments of `./lab tour part2`.
+//!
+//! The guide is `docs/part2-database.md`.
+
+pub mod articles;
+pub mod demo;
+pub mod mongo;
+pub mod replication;
+pub mod schema;
+pub mod sharding;
+pub mod tuning;
 
 /// The part's number.
 pub const PART: u8 = 2;
@@ -15,12 +37,3 @@ pub const PART: u8 = 2;
 pub const TITLE: &str = "Database";
 /// The article's claim, as the report quotes it.
 pub const CLAIM: &str = "The database becomes the bottleneck. Either stay with MySQL and replicate (writes to the primary, reads from replicas), scale up, shard, denormalize and tune SQL, or move to NoSQL early, denormalize, and do joins in application code.";
-
-/// Says plainly that this part is not built, and records that for the report.
-pub fn placeholder_demo() -> anyhow::Result<()> {
-    println!("Part {PART} ({TITLE}) is not built yet: there is nothing to run or measure.");
-    let path = common::results::PartResults::not_built(PART, TITLE, CLAIM)
-        .write(&common::results::results_dir())?;
-    println!("recorded as not built in {}", path.display());
-    Ok(())
-}

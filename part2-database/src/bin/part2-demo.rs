@@ -1,5 +1,8 @@
-//! Part 2's demo. Not built yet: it says so and exits.
+//! Part 2's demo: `./lab tour part2`, or
+//! `cargo run --release -p part2-database --bin part2-demo` with the stack up.
 
-fn main() -> anyhow::Result<()> {
-    part2_database::placeholder_demo()
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::telemetry::init();
+    part2_database::demo::run(clap::Parser::parse()).await
 }
