@@ -126,6 +126,23 @@ pub enum ConfigError {
     Clap(String),
 }
 
+/// `url` with its database (the path) replaced by `database`:
+/// `mysql://lab:lab@127.0.0.1:13306/lab` becomes `.../t_123`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (before_query, query) = url
+        .split_once('?')
+        .map_or((url, None), |(a, q)| (a, Some(q)));
+    let scheme_end = before_query.find("://").map_or(0, |i| i + 3);
+    let server = match before_query[scheme_end..].find('/') {
+        Some(slash) => &before_query[..scheme_end + slash],
+        None => before_query,
+    };
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
 /// Reads `name` from the environment and parses it, or returns `default`
 /// when it is unset. For the few settings that are not flags (test scale,
 /// bench sizes); the error names the variable and the bad value.
@@ -162,6 +179,19 @@ mod tests {
             assert_eq!(c.redis_url, defaults::REDIS_URL);
             assert!(c.mariadb_replica_url.contains(":13307/"));
         }
+    }
+
+    #[test]
+    fn a_url_gets_another_database() {
+        assert_eq!(
+            with_database("mysql://lab:lab@127.0.0.1:13306/lab", "t_1"),
+            "mysql://lab:lab@127.0.0.1:13306/t_1"
+        );
+        assert_eq!(with_database("mysql://h:1", "d"), "mysql://h:1/d");
+        assert_eq!(
+            with_database("mysql://h:1/x?ssl-mode=disabled", "d"),
+            "mysql://h:1/d?ssl-mode=disabled"
+        );
     }
 
     #[test]

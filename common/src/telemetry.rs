@@ -7,8 +7,7 @@
 use tracing_subscriber::EnvFilter;
 
 /// The filter used when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str =
-    "warn,common=info,part1_clones=info,part2_database=info,part3_cache=info,part4_async=info";
+pub const DEFAULT_FILTER: &str = "warn,sqlx=error,common=info,part1_clones=info,part2_database=info,part3_cache=info,part4_async=info";
 
 /// Installs the global subscriber (logs go to stderr). Calling it twice is harmless.
 pub fn init() {

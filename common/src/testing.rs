@@ -140,6 +140,8 @@ pub struct TestDatabase {
     pub name: String,
     /// A pool connected to it.
     pub pool: MySqlPool,
+    /// Its URL (the server's URL with this database).
+    pub url: String,
     admin: MySqlPool,
 }
 
@@ -161,7 +163,13 @@ impl TestDatabase {
             .connect_with(options.database(&name))
             .await
             .map_err(|e| Unreachable::new(service, url, e))?;
-        Ok(TestDatabase { name, pool, admin })
+        let url = crate::config::with_database(url, &name);
+        Ok(TestDatabase {
+            name,
+            pool,
+            url,
+            admin,
+        })
     }
 
     /// Drops the database.

@@ -48,6 +48,22 @@ pub struct AppState<S> {
     pub expiry: Expiry,
     /// Whether cookies are marked `Secure`.
     pub secure_cookies: bool,
+    /// Redis, for what later parts keep there.
+    pub redis: redis::aio::ConnectionManager,
+}
+
+/// Routes a later part adds to part 1's server: the app grows chapter by
+/// chapter, and part 2's server is part 1's plus the data layer.
+pub trait Extension: Send + Sync + 'static {
+    /// The extra routes, with their state applied, over part 1's state.
+    fn routes<S: SessionStore>(&self, state: Arc<AppState<S>>) -> Router;
+}
+
+/// Part 1 alone: no extra routes.
+impl Extension for () {
+    fn routes<S: SessionStore>(&self, _: Arc<AppState<S>>) -> Router {
+        Router::new()
+    }
 }
 
 /// A JSON body whose rejection is a clear 400 in our error format, not
@@ -123,7 +139,8 @@ fn session_cookie(headers: &HeaderMap) -> Option<SessionId> {
         .and_then(|(_, value)| SessionId::parse(value.trim()))
 }
 
-async fn current<S: SessionStore>(
+/// The session of a request, or `Unauthorized`. Later parts' routes use it.
+pub async fn current<S: SessionStore>(
     state: &AppState<S>,
     headers: &HeaderMap,
 ) -> Result<(SessionId, Session), ApiError> {
@@ -298,10 +315,11 @@ async fn served_by(State(clone): State<HeaderValue>, req: Request, next: Next) -
 }
 
 /// The part 1 router over a session store.
-pub fn app<S: SessionStore>(
+pub fn app<S: SessionStore, E: Extension>(
     state: Arc<AppState<S>>,
     max_avatar_bytes: usize,
     capacity: crate::capacity::Capacity,
+    extension: &E,
 ) -> Router {
     let clone = HeaderValue::from_str(&state.clone_id).unwrap_or(HeaderValue::from_static("clone"));
     let work = Router::new()
@@ -324,9 +342,10 @@ pub fn app<S: SessionStore>(
         .route("/health", get(health::<S>))
         .route("/ready", get(ready::<S>))
         .merge(work)
+        .with_state(state.clone())
+        .merge(extension.routes(state))
         .layer(DefaultBodyLimit::max(16 * 1024))
         .layer(middleware::from_fn_with_state(clone, served_by))
-        .with_state(state)
 }
 
 /// A built, bound, not yet running server.
@@ -398,6 +417,14 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionMa
 impl Application {
     /// Connects to the stores, runs migrations, binds the port.
     pub async fn build(config: ServerConfig) -> anyhow::Result<Self> {
+        Self::build_with(config, ()).await
+    }
+
+    /// The same, with a later part's routes added.
+    pub async fn build_with<E: Extension>(
+        config: ServerConfig,
+        extension: E,
+    ) -> anyhow::Result<Self> {
         let pool = connect_database(&config.stack.mariadb_primary_url).await?;
         if let Some(scale) = config.load_dataset {
             let spec = common::dataset::DatasetSpec::new(config.dataset_seed, scale);
@@ -428,6 +455,7 @@ impl Application {
                 build: c.build.clone(),
                 expiry,
                 secure_cookies: c.secure_cookies,
+                redis: redis.clone(),
             })
         }
         let max = config.max_avatar_bytes;
@@ -436,6 +464,7 @@ impl Application {
                 state(MemorySessions::new(expiry), &config, &pool, &redis, expiry),
                 max,
                 capacity,
+                &extension,
             ),
             SessionKind::Redis => app(
                 state(
@@ -447,6 +476,7 @@ impl Application {
                 ),
                 max,
                 capacity,
+                &extension,
             ),
             SessionKind::Mariadb => app(
                 state(
@@ -458,6 +488,7 @@ impl Application {
                 ),
                 max,
                 capacity,
+                &extension,
             ),
         };
         let listener = TcpListener::bind(("127.0.0.1", config.port))

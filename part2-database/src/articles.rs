@@ -12,7 +12,7 @@
 //!
 //! **N+1.** A page of 20 articles with their latest comments, fetched as one
 //! query for the page and one per article ([`comments_n_plus_1`]), costs 21
-//! round trips; with `WHERE article_id IN (...)` ([`comments_batched`]) it
+//! round trips; batched into one statement ([`comments_batched`]) it
 //! costs 2. Each function returns how many queries it sent.
 
 use std::collections::HashMap;
@@ -162,8 +162,12 @@ pub async fn comments_n_plus_1(
     Ok((out, article_ids.len()))
 }
 
-/// The same, in one query (`IN (...)` and a window function to keep each
-/// article's latest). Returns the comments and the number of queries (1).
+/// The same in one query, one round trip: a `UNION ALL` of one indexed,
+/// `LIMIT`ed branch per article. (`IN (...)` with a window function is the
+/// textbook batch, but it ranks *every* comment of the page's articles; on
+/// hot articles with tens of thousands of comments that loses to N+1. The
+/// demo measured both; see the guide.) Returns the comments and the number
+/// of queries (1).
 pub async fn comments_batched(
     pool: &MySqlPool,
     article_ids: &[u64],
@@ -174,17 +178,19 @@ pub async fn comments_batched(
     if article_ids.is_empty() {
         return Ok((out, 0));
     }
-    let mut q = QueryBuilder::new(
-        "SELECT id, article_id, author_id, body, created_at FROM (SELECT c.*, ROW_NUMBER() OVER \
-         (PARTITION BY article_id ORDER BY created_at DESC) AS n FROM comments c WHERE article_id IN (",
-    );
-    let mut ids = q.separated(", ");
-    for id in article_ids {
-        ids.push_bind(*id);
-    }
-    q.push(")) ranked WHERE n <= ")
+    let mut q = QueryBuilder::new("");
+    for (i, id) in article_ids.iter().enumerate() {
+        if i > 0 {
+            q.push(" UNION ALL ");
+        }
+        q.push(
+            "(SELECT id, article_id, author_id, body, created_at FROM comments WHERE article_id = ",
+        )
+        .push_bind(*id)
+        .push(" ORDER BY created_at DESC LIMIT ")
         .push_bind(per_article)
-        .push(" ORDER BY article_id, created_at DESC");
+        .push(")");
+    }
     let rows: Vec<CommentView> = q.build_query_as().fetch_all(pool).await?;
     for c in rows {
         out.entry(c.article_id).or_default().push(c);

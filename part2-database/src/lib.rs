@@ -24,10 +24,12 @@
 //! The guide is `docs/part2-database.md`.
 
 pub mod articles;
+pub mod capacity;
 pub mod demo;
 pub mod mongo;
 pub mod replication;
 pub mod schema;
+pub mod server;
 pub mod sharding;
 pub mod tuning;
 

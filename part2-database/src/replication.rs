@@ -144,8 +144,10 @@ impl SplitPool {
         let (from, pool) = self.reader();
         match query(pool.clone()).await {
             Err(e) if is_connection_error(&e) && from != ReadFrom::Primary => {
-                if let ReadFrom::Replica(i) = from {
-                    self.replicas[i].healthy.store(false, Ordering::Relaxed);
+                // Logged once per outage, not once per read.
+                if let ReadFrom::Replica(i) = from
+                    && self.replicas[i].healthy.swap(false, Ordering::Relaxed)
+                {
                     tracing::warn!(replica = i, error = %e, "replica down: reading from the primary");
                 }
                 Ok((query(self.primary.clone()).await?, ReadFrom::Primary))

@@ -53,7 +53,7 @@ impl LoadStats {
 
 const BATCH: usize = 1000;
 
-async fn insert_batches<T, F>(
+pub(crate) async fn insert_batches<T, F>(
     pool: &MySqlPool,
     head: &str,
     rows: impl Iterator<Item = T>,
@@ -70,6 +70,12 @@ where
         batch.extend(rows.by_ref().take(BATCH));
         let mut q = QueryBuilder::new(head);
         q.push_values(batch.drain(..), |mut row, item| bind(&mut row, item));
+        if head.starts_with("INSERT INTO users") {
+            // Users part 1 loaded (name and password only) get the rest.
+            q.push(
+                " ON DUPLICATE KEY UPDATE display_name = VALUES(display_name), bio = VALUES(bio)",
+            );
+        }
         n += q
             .build()
             .execute(pool)
@@ -88,8 +94,8 @@ pub async fn loaded(pool: &MySqlPool, spec: &DatasetSpec) -> anyhow::Result<bool
     Ok(articles as u64 >= spec.sizes.articles)
 }
 
-/// Loads the dataset into empty tables (users already there are kept, so
-/// part 1's signups survive). Every generated user logs in with
+/// Loads the dataset into empty tables (users already there keep their
+/// password, so part 1's signups survive). Every generated user logs in with
 /// [`common::dataset::DATASET_PASSWORD`].
 pub async fn load(pool: &MySqlPool, spec: &DatasetSpec) -> anyhow::Result<LoadStats> {
     let start = Instant::now();
@@ -102,7 +108,7 @@ pub async fn load(pool: &MySqlPool, spec: &DatasetSpec) -> anyhow::Result<LoadSt
     let names: HashMap<u64, String> = spec.users().map(|u| (u.id, u.display_name)).collect();
     rows += insert_batches(
         pool,
-        "INSERT IGNORE INTO users (id, username, password_hash, created_at, display_name, bio) ",
+        "INSERT INTO users (id, username, password_hash, created_at, display_name, bio) ",
         spec.users(),
         |row, u| {
             row.push_bind(u.id)
@@ -181,4 +187,28 @@ pub async fn load(pool: &MySqlPool, spec: &DatasetSpec) -> anyhow::Result<LoadSt
         rows,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Loads the dataset unless it is there, under a named lock: clones start
+/// together and each asks. Returns the load's figures, or `None` if it was
+/// already loaded.
+pub async fn ensure_loaded(
+    pool: &MySqlPool,
+    spec: &DatasetSpec,
+) -> anyhow::Result<Option<LoadStats>> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT GET_LOCK('part2_dataset', 600)")
+        .execute(&mut *conn)
+        .await?;
+    let outcome = async {
+        if loaded(pool, spec).await? {
+            return Ok(None);
+        }
+        load(pool, spec).await.map(Some)
+    }
+    .await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK('part2_dataset')")
+        .execute(&mut *conn)
+        .await;
+    outcome
 }

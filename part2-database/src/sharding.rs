@@ -230,6 +230,60 @@ impl<P: Placement> ShardedStore<P> {
         (s, &self.shards[s])
     }
 
+    /// Loads the dataset's users, friendships (both directions, on each
+    /// user's shard) and articles (on the author's shard), batched per shard.
+    /// Returns the rows written.
+    pub async fn load(&self, spec: &common::dataset::DatasetSpec) -> anyhow::Result<u64> {
+        let mut rows = 0;
+        for (shard, pool) in self.shards.iter().enumerate() {
+            let mine = |user: u64| self.placement.shard_of(user) == shard;
+            rows += crate::schema::insert_batches(
+                pool,
+                "INSERT INTO users (id, username, password_hash, created_at, display_name) ",
+                spec.users().filter(|u| mine(u.id)),
+                |row, u| {
+                    row.push_bind(u.id)
+                        .push_bind(u.username)
+                        .push_bind("")
+                        .push_bind(u.joined_at)
+                        .push_bind(u.display_name);
+                },
+            )
+            .await?;
+            rows += crate::schema::insert_batches(
+                pool,
+                "INSERT INTO friendships (user_id, friend_id, since) ",
+                spec.friendships()
+                    .flat_map(|f| {
+                        [
+                            (f.user_id, f.friend_id, f.since),
+                            (f.friend_id, f.user_id, f.since),
+                        ]
+                    })
+                    .filter(|(u, _, _)| mine(*u)),
+                |row, (a, b, since)| {
+                    row.push_bind(a).push_bind(b).push_bind(since);
+                },
+            )
+            .await?;
+            rows += crate::schema::insert_batches(
+                pool,
+                "INSERT INTO articles (id, author_id, title, body, published_at, author_name) ",
+                spec.articles().filter(|a| mine(a.author_id)),
+                |row, a| {
+                    row.push_bind(a.id)
+                        .push_bind(a.author_id)
+                        .push_bind(a.title)
+                        .push_bind("")
+                        .push_bind(a.published_at)
+                        .push_bind(format!("User {}", a.author_id));
+                },
+            )
+            .await?;
+        }
+        Ok(rows)
+    }
+
     /// Stores a user (and nothing else) on their shard.
     pub async fn put_user(
         &self,

@@ -18,19 +18,13 @@ pub struct TestApp {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// The URL of database `name` on the server of `base`.
-pub fn database_url(base: &str, name: &str) -> String {
-    let (server, _) = base.rsplit_once('/').expect("a database URL has a path");
-    format!("{server}/{name}")
-}
-
 /// Starts the app with `sessions` and extra settings, on a fresh database.
 pub async fn spawn_app(sessions: &str, tweak: impl FnOnce(&mut ServerConfig)) -> TestApp {
     let stack = testing::stack();
     let db = TestDatabase::create("MariaDB primary", &stack.mariadb_primary_url)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let db_url = database_url(&stack.mariadb_primary_url, &db.name);
+    let db_url = db.url.clone();
     let prefix = testing::unique_name("p1");
     let mut config = ServerConfig::from_env().expect("config");
     config.port = 0;
@@ -97,7 +91,7 @@ pub async fn cluster(clones: usize, sessions: &str) -> (Cluster, TestDatabase) {
     let db = TestDatabase::create("MariaDB primary", &stack.mariadb_primary_url)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let db_url = database_url(&stack.mariadb_primary_url, &db.name);
+    let db_url = db.url.clone();
     let prefix = testing::unique_name("p1c");
     // Fail with "run ./lab up" rather than a clone's log if Redis is missing.
     testing::redis().await;

@@ -67,8 +67,7 @@ async fn with_the_primary_down_writes_fail_clearly_and_reads_go_on() {
     let l = loaded().await;
     let replica = replica_of(&l).await;
     let proxy = ChaosProxy::start("127.0.0.1:13306").await.unwrap();
-    let stack = common::testing::stack();
-    let primary_url = crate::support::database_url(&stack.mariadb_primary_url, &l.db.name);
+    let primary_url = l.db.url.clone();
     let primary = lazy_pool(&proxy.url_for(&primary_url), 4).unwrap();
     let split = SplitPool::new(primary, vec![replica]);
     let hot = l.spec.article_popularity().id_of_rank(1);

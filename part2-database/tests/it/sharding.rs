@@ -22,7 +22,7 @@ async fn the_feed_gathers_friends_from_both_shards_and_survives_nothing_else() {
     let s1 = shard_db("MariaDB shard 1", &stack.mariadb_shard1_url).await;
     // Shard 1 is reached through a proxy we can cut.
     let proxy = ChaosProxy::start("127.0.0.1:13317").await.unwrap();
-    let s1_url = crate::support::database_url(&stack.mariadb_shard1_url, &s1.name);
+    let s1_url = s1.url.clone();
     let s1_cuttable = lazy_pool(&proxy.url_for(&s1_url), 4).unwrap();
     let store = ShardedStore::new(vec![s0.pool.clone(), s1_cuttable], Modulo(2));
 

@@ -20,11 +20,6 @@ pub struct Loaded {
     pub replica_url: String,
 }
 
-pub fn database_url(base: &str, name: &str) -> String {
-    let (server, _) = base.rsplit_once('/').expect("a database URL has a path");
-    format!("{server}/{name}")
-}
-
 /// A fresh database with the schema and the tiny dataset.
 pub async fn loaded() -> Loaded {
     let stack = testing::stack();
@@ -34,7 +29,7 @@ pub async fn loaded() -> Loaded {
     schema::migrate(&db.pool).await.unwrap();
     let spec = DatasetSpec::new(5, Scale::Tiny);
     schema::load(&db.pool, &spec).await.unwrap();
-    let replica_url = database_url(&stack.mariadb_replica_url, &db.name);
+    let replica_url = common::config::with_database(&stack.mariadb_replica_url, &db.name);
     Loaded {
         db,
         spec,
