@@ -285,3 +285,45 @@ async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
     let _ = app.stop.send(());
     l.db.drop_database().await;
 }
+
+#[tokio::test]
+async fn with_the_primary_down_writes_get_503_and_reads_go_on() {
+    let _guard = REPLICA.read().await;
+    let l = loaded().await;
+    crate::support::replica_of(&l).await;
+    let proxy = testing::ChaosProxy::start("127.0.0.1:13306").await.unwrap();
+    let mut config: Part2Config = clap::Parser::try_parse_from(["part2-server"]).unwrap();
+    config.server.port = 0;
+    config.server.key_prefix = testing::unique_name("p2");
+    config.server.stack.mariadb_primary_url = proxy.url_for(&l.db.url);
+    config.server.stack.mariadb_replica_url = l.replica_url.clone();
+    let app = build(config).await.unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    let u = UserClient::new(http(), &url);
+    u.login("user6", common::dataset::DATASET_PASSWORD)
+        .await
+        .unwrap();
+    // Let the pin of nothing expire: this user has not written.
+    proxy.cut();
+    let (status, body) = json(
+        &u,
+        Method::POST,
+        "/articles/1/comments",
+        Some(serde_json::json!({"body": "x"})),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body["error"], "the database is unavailable",
+        "clear, and no internals"
+    );
+    let (status, page) = json(&u, Method::GET, "/articles/1", None).await;
+    assert_eq!(status, 200, "reads go on from the replica: {page}");
+    proxy.restore();
+    let _ = tx.send(());
+    l.db.drop_database().await;
+}
