@@ -22,6 +22,15 @@
 //! 7. [`demo`]: the experiments of `./lab tour part2`.
 //!
 //! The guide is `docs/part2-database.md`.
+//!
+//! ## Configuration
+//!
+//! `part2-server` takes every flag and variable of part 1's clone, plus
+//! `PIN_WINDOW_MS` (`--pin-window-ms`, default `2000`). The demo:
+//! `DEMO_SCALE` (`default`), `DEMO_MONGO_SCALE` (`tiny`), `DEMO_SECONDS`
+//! (`3`), `DEMO_DATABASE` (`demo_part2`), `MARIADB_PRIMARY_ADMIN_URL` and
+//! `MARIADB_REPLICA_ADMIN_URL` (the `labadmin` logins). `part2-migrate`:
+//! `MONGO_DATABASE` (`lab`). And the stack's URLs, as everywhere.
 
 pub mod articles;
 pub mod capacity;
