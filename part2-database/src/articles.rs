@@ -223,6 +223,17 @@ pub async fn post(
     Ok(r.last_insert_id())
 }
 
+/// Locks an article's row for the rest of the transaction, so concurrent
+/// writes to one article's counters queue instead of losing updates;
+/// `RowNotFound` if there is no such article.
+async fn lock_article(tx: &mut sqlx::Transaction<'_, MySql>, article_id: u64) -> sqlx::Result<()> {
+    let exists: Option<u64> = sqlx::query_scalar("SELECT id FROM articles WHERE id = ? FOR UPDATE")
+        .bind(article_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    exists.map(drop).ok_or(sqlx::Error::RowNotFound)
+}
+
 /// Adds a comment. With [`Shape::Denormalized`], the article's counter is
 /// bumped in the same transaction, so it can never disagree with the rows.
 /// `RowNotFound` if the article does not exist.
@@ -238,14 +249,7 @@ where
     A: sqlx::Acquire<'a, Database = MySql>,
 {
     let mut tx = db.begin().await?;
-    // Locks the article row: concurrent comments on one article queue here.
-    let exists: Option<u64> = sqlx::query_scalar("SELECT id FROM articles WHERE id = ? FOR UPDATE")
-        .bind(article_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if exists.is_none() {
-        return Err(sqlx::Error::RowNotFound);
-    }
+    lock_article(&mut tx, article_id).await?;
     let id = sqlx::query(
         "INSERT INTO comments (article_id, author_id, body, created_at) VALUES (?, ?, ?, ?)",
     )
@@ -274,13 +278,7 @@ pub async fn add_like(
     at: i64,
 ) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let exists: Option<u64> = sqlx::query_scalar("SELECT id FROM articles WHERE id = ? FOR UPDATE")
-        .bind(article_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if exists.is_none() {
-        return Err(sqlx::Error::RowNotFound);
-    }
+    lock_article(&mut tx, article_id).await?;
     let new =
         sqlx::query("INSERT IGNORE INTO likes (article_id, user_id, created_at) VALUES (?, ?, ?)")
             .bind(article_id)

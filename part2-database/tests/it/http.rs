@@ -14,11 +14,17 @@ struct App {
 }
 
 async fn spawn(l: &crate::support::Loaded) -> App {
+    spawn_with_primary(l, &l.db.url).await
+}
+
+/// The server over the test's database, with the primary at `primary_url`
+/// (a chaos proxy, for the drills).
+async fn spawn_with_primary(l: &crate::support::Loaded, primary_url: &str) -> App {
     let mut config: Part2Config = clap::Parser::try_parse_from(["part2-server"]).unwrap();
     config.server.port = 0;
     config.server.clone_id = Some("test-clone".into());
     config.server.key_prefix = testing::unique_name("p2");
-    config.server.stack.mariadb_primary_url = l.db.url.clone();
+    config.server.stack.mariadb_primary_url = primary_url.to_owned();
     config.server.stack.mariadb_replica_url = l.replica_url.clone();
     let app = build(config).await.unwrap();
     let url = format!("http://127.0.0.1:{}", app.port());
@@ -292,22 +298,12 @@ async fn with_the_primary_down_writes_get_503_and_reads_go_on() {
     let l = loaded().await;
     crate::support::replica_of(&l).await;
     let proxy = testing::ChaosProxy::start("127.0.0.1:13306").await.unwrap();
-    let mut config: Part2Config = clap::Parser::try_parse_from(["part2-server"]).unwrap();
-    config.server.port = 0;
-    config.server.key_prefix = testing::unique_name("p2");
-    config.server.stack.mariadb_primary_url = proxy.url_for(&l.db.url);
-    config.server.stack.mariadb_replica_url = l.replica_url.clone();
-    let app = build(config).await.unwrap();
-    let url = format!("http://127.0.0.1:{}", app.port());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
-    let u = UserClient::new(http(), &url);
+    let app = spawn_with_primary(&l, &proxy.url_for(&l.db.url)).await;
+    let u = UserClient::new(http(), &app.url);
     u.login("user6", common::dataset::DATASET_PASSWORD)
         .await
         .unwrap();
-    // Let the pin of nothing expire: this user has not written.
+    // This user has not written, so no pin sends their reads to the primary.
     proxy.cut();
     let (status, body) = json(
         &u,
@@ -324,6 +320,6 @@ async fn with_the_primary_down_writes_get_503_and_reads_go_on() {
     let (status, page) = json(&u, Method::GET, "/articles/1", None).await;
     assert_eq!(status, 200, "reads go on from the replica: {page}");
     proxy.restore();
-    let _ = tx.send(());
+    let _ = app.stop.send(());
     l.db.drop_database().await;
 }
