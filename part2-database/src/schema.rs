@@ -53,9 +53,12 @@ impl LoadStats {
 
 const BATCH: usize = 1000;
 
+/// Inserts `rows` in multi-row statements of [`BATCH`] rows:
+/// `{head} VALUES (...), (...) {tail}`.
 pub(crate) async fn insert_batches<T, F>(
     pool: &MySqlPool,
     head: &str,
+    tail: &str,
     rows: impl Iterator<Item = T>,
     mut bind: F,
 ) -> anyhow::Result<u64>
@@ -70,12 +73,7 @@ where
         batch.extend(rows.by_ref().take(BATCH));
         let mut q = QueryBuilder::new(head);
         q.push_values(batch.drain(..), |mut row, item| bind(&mut row, item));
-        if head.starts_with("INSERT INTO users") {
-            // Users part 1 loaded (name and password only) get the rest.
-            q.push(
-                " ON DUPLICATE KEY UPDATE display_name = VALUES(display_name), bio = VALUES(bio)",
-            );
-        }
+        q.push(tail);
         n += q
             .build()
             .execute(pool)
@@ -109,6 +107,8 @@ pub async fn load(pool: &MySqlPool, spec: &DatasetSpec) -> anyhow::Result<LoadSt
     rows += insert_batches(
         pool,
         "INSERT INTO users (id, username, password_hash, created_at, display_name, bio) ",
+        // Users part 1 loaded (name and password only) get the rest.
+        " ON DUPLICATE KEY UPDATE display_name = VALUES(display_name), bio = VALUES(bio)",
         spec.users(),
         |row, u| {
             row.push_bind(u.id)
@@ -123,6 +123,7 @@ pub async fn load(pool: &MySqlPool, spec: &DatasetSpec) -> anyhow::Result<LoadSt
     rows += insert_batches(
         pool,
         "INSERT INTO friendships (user_id, friend_id, since) ",
+        "",
         spec.friendships().flat_map(|f| {
             [
                 (f.user_id, f.friend_id, f.since),
@@ -146,6 +147,7 @@ pub async fn load(pool: &MySqlPool, spec: &DatasetSpec) -> anyhow::Result<LoadSt
     rows += insert_batches(
         pool,
         "INSERT INTO articles (id, author_id, title, body, published_at, author_name, comment_count, like_count) ",
+        "",
         spec.articles(),
         |row, a| {
             row.push_bind(a.id)
@@ -162,6 +164,7 @@ pub async fn load(pool: &MySqlPool, spec: &DatasetSpec) -> anyhow::Result<LoadSt
     rows += insert_batches(
         pool,
         "INSERT INTO comments (id, article_id, author_id, body, created_at) ",
+        "",
         spec.comments(),
         |row, c| {
             row.push_bind(c.id)
@@ -175,6 +178,7 @@ pub async fn load(pool: &MySqlPool, spec: &DatasetSpec) -> anyhow::Result<LoadSt
     rows += insert_batches(
         pool,
         "INSERT INTO likes (article_id, user_id, created_at) ",
+        "",
         spec.likes(),
         |row, l| {
             row.push_bind(l.article_id)

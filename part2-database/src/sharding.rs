@@ -240,6 +240,7 @@ impl<P: Placement> ShardedStore<P> {
             rows += crate::schema::insert_batches(
                 pool,
                 "INSERT INTO users (id, username, password_hash, created_at, display_name) ",
+                "",
                 spec.users().filter(|u| mine(u.id)),
                 |row, u| {
                     row.push_bind(u.id)
@@ -253,6 +254,7 @@ impl<P: Placement> ShardedStore<P> {
             rows += crate::schema::insert_batches(
                 pool,
                 "INSERT INTO friendships (user_id, friend_id, since) ",
+                "",
                 spec.friendships()
                     .flat_map(|f| {
                         [
@@ -269,6 +271,7 @@ impl<P: Placement> ShardedStore<P> {
             rows += crate::schema::insert_batches(
                 pool,
                 "INSERT INTO articles (id, author_id, title, body, published_at, author_name) ",
+                "",
                 spec.articles().filter(|a| mine(a.author_id)),
                 |row, a| {
                     row.push_bind(a.id)
