@@ -19,6 +19,11 @@
 //! | `LB_URL` | `http://127.0.0.1:18080` (HAProxy in front of the clones) |
 //! | `NGINX_URL` | `http://127.0.0.1:18090` |
 //! | `LAB_RESULTS_DIR` | `target/lab/results` |
+//!
+//! The demos add `DEMO_SECONDS` (3) and `DEMO_REPEAT` (1), see
+//! [`crate::demo::DemoArgs`]; results record `LAB_GIT_REV` when `./lab`
+//! sets it (else git is asked), see [`crate::results::Provenance`]. Any of
+//! these may also come from a `.env` file ([`crate::telemetry::init`]).
 
 use std::str::FromStr;
 
@@ -124,6 +129,26 @@ pub enum ConfigError {
     /// clap rejected the environment (its message names the variable).
     #[error("{0}")]
     Clap(String),
+}
+
+/// Hides the password of a URL (`mysql://lab:***@host`), for logs and
+/// error messages: a URL is configuration, its password is a secret.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// `url` with its database (the path) replaced by `database`:

@@ -17,10 +17,17 @@
 //!    the report (`target/lab/report/`) is built from those files alone.
 //! 5. [`testing`]: connect to the real stack, isolate each test by a unique
 //!    name, and fail at once with the command that starts a missing service.
-//! 6. [`telemetry`]: `tracing` with `RUST_LOG`.
+//! 6. [`capacity`]: a stated, modelled server capacity, so scaling laws
+//!    show on a 2-core machine (figures measured against it are "modelled").
+//! 7. [`demo`]: what every part's demo shares: its arguments (`--seconds`,
+//!    `--repeat`, the stack's URLs) and the way it prints a lesson.
+//! 8. [`telemetry`]: `tracing` with `RUST_LOG`, and `.env` loading: the
+//!    first thing every binary does.
 
+pub mod capacity;
 pub mod config;
 pub mod dataset;
+pub mod demo;
 pub mod domain;
 pub mod measure;
 pub mod report;

@@ -190,14 +190,37 @@ impl LoadReport {
     }
 }
 
-/// Formats microseconds as µs or ms, for terminal lines.
+/// Formats microseconds as µs or ms, for terminal lines (see [`fmt_duration_us`]).
 pub fn fmt_us(us: u64) -> String {
-    if us >= 10_000 {
-        format!("{:.1}ms", us as f64 / 1000.0)
-    } else if us >= 1_000 {
-        format!("{:.2}ms", us as f64 / 1000.0)
+    fmt_duration_us(us as f64)
+}
+
+/// A duration given in microseconds, in the unit a reader takes in at a
+/// glance, with about three significant digits: `56 µs`, `1.50 ms`,
+/// `177 ms`, `2.40 s`. The report and every demo print durations with it.
+pub fn fmt_duration_us(us: f64) -> String {
+    if !us.is_finite() {
+        return format!("{us}");
+    }
+    let sig = |v: f64, unit: &str| {
+        let digits = if v.abs() >= 100.0 {
+            0
+        } else if v.abs() >= 10.0 {
+            1
+        } else {
+            2
+        };
+        format!("{v:.digits$} {unit}")
+    };
+    let a = us.abs();
+    if a >= 1_000_000.0 {
+        sig(us / 1_000_000.0, "s")
+    } else if a >= 1_000.0 {
+        sig(us / 1_000.0, "ms")
+    } else if us.fract() == 0.0 || a >= 100.0 {
+        format!("{us:.0} µs")
     } else {
-        format!("{us}µs")
+        sig(us, "µs")
     }
 }
 
@@ -475,8 +498,12 @@ mod tests {
 
     #[test]
     fn microseconds_read_well() {
-        assert_eq!(fmt_us(56), "56µs");
-        assert_eq!(fmt_us(1500), "1.50ms");
-        assert_eq!(fmt_us(25_000), "25.0ms");
+        assert_eq!(fmt_us(56), "56 µs");
+        assert_eq!(fmt_us(1500), "1.50 ms");
+        assert_eq!(fmt_us(25_000), "25.0 ms");
+        assert_eq!(fmt_us(176_895), "177 ms");
+        assert_eq!(fmt_us(2_400_000), "2.40 s");
+        assert_eq!(fmt_duration_us(404.4), "404 µs");
+        assert_eq!(fmt_duration_us(2.5), "2.50 µs");
     }
 }

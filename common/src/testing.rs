@@ -49,24 +49,10 @@ impl Unreachable {
     }
 }
 
-/// Hides the password of a URL (`mysql://lab:***@host`), for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+// `redact` lives in `config` now (the server's start path uses it, and
+// production code should not reach into test support); re-exported here so
+// test code keeps one import.
+pub use crate::config::redact;
 
 /// A name no other test, run or process uses: `prefix_<pid>_<n>_<random>`.
 /// Only `[a-z0-9_]`, so it is valid as a database name, a key prefix and a
@@ -185,16 +171,27 @@ impl TestDatabase {
     }
 }
 
-/// A TCP proxy in front of a real server, for failure drills: [`ChaosProxy::cut`]
-/// drops every connection and refuses new ones, as if the server died;
-/// [`ChaosProxy::restore`] lets traffic through again. Tests break *their*
-/// path to a shared server this way without stopping the server for the
-/// other tests that run in parallel.
+/// A TCP proxy in front of a real server, for failure drills.
+///
+/// - [`ChaosProxy::cut`] drops every connection and closes each new one
+///   as soon as it is accepted: the connect succeeds, then the peer hangs up.
+/// - [`ChaosProxy::refuse`] drops every connection and stops listening, so
+///   a connect is refused at once (`ECONNREFUSED`), as a stopped server's
+///   port does. This is what users meet when a database is stopped, and
+///   client libraries treat the two differently (a refused connect is
+///   often retried until a timeout).
+/// - [`ChaosProxy::restore`] lets traffic through again, listening again on
+///   the same port.
+///
+/// Tests break *their* path to a shared server this way without stopping
+/// the server for the other tests that run in parallel.
 pub struct ChaosProxy {
     port: u16,
+    target: String,
     open: std::sync::Arc<std::sync::atomic::AtomicBool>,
     generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
-    task: tokio::task::JoinHandle<()>,
+    /// The accept loop; `None` while refusing (the listener is closed).
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ChaosProxy {
@@ -203,22 +200,32 @@ impl ChaosProxy {
     pub async fn start(target: &str) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (tx, _) = tokio::sync::watch::channel(0u64);
-        let generation = std::sync::Arc::new(tx);
-        let target = target.to_owned();
-        let (open2, gen2) = (open.clone(), generation.clone());
+        let proxy = ChaosProxy {
+            port,
+            target: target.to_owned(),
+            open: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            generation: std::sync::Arc::new(tx),
+            task: std::sync::Mutex::new(None),
+        };
+        proxy.serve(listener);
+        Ok(proxy)
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        let (open, generation) = (self.open.clone(), self.generation.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     continue;
                 };
-                if !open2.load(Ordering::SeqCst) {
-                    drop(client); // refused: closed at once
+                if !open.load(Ordering::SeqCst) {
+                    drop(client); // cut: accepted, then closed at once
                     continue;
                 }
                 let target = target.clone();
-                let mut cut = gen2.subscribe();
+                let mut cut = generation.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
                         return;
@@ -230,12 +237,14 @@ impl ChaosProxy {
                 });
             }
         });
-        Ok(ChaosProxy {
-            port,
-            open,
-            generation,
-            task,
-        })
+        if let Some(old) = self
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
     }
 
     /// The proxy's port.
@@ -263,21 +272,65 @@ impl ChaosProxy {
         format!("{scheme}://{auth}127.0.0.1:{}{path}", self.port)
     }
 
-    /// Drops every connection and refuses new ones.
+    /// Drops every connection and hangs up on new ones.
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Lets connections through again.
+    /// Drops every connection and closes the port: new connects are
+    /// refused, as by a stopped server.
+    pub fn refuse(&self) {
+        self.cut();
+        // Aborting the accept loop drops the listener, which closes the port.
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+
+    /// Lets connections through again; after [`ChaosProxy::refuse`], listens
+    /// again on the same port. Panics if the port cannot be bound again
+    /// (test support: the drill cannot go on without it).
     pub fn restore(&self) {
+        let refused = self
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if refused {
+            // SO_REUSEADDR, so connections still in TIME_WAIT on this port
+            // do not block the new listener. Aborting the old accept loop
+            // drops its listener at its next poll, so retry briefly.
+            let deadline = std::time::Instant::now() + CONNECT_DEADLINE;
+            let listener = loop {
+                let bound = tokio::net::TcpSocket::new_v4().and_then(|s| {
+                    s.set_reuseaddr(true)?;
+                    s.bind(([127, 0, 0, 1], self.port).into())?;
+                    s.listen(1024)
+                });
+                match bound {
+                    Ok(l) => break l,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => panic!(
+                        "the chaos proxy cannot listen on port {} again: {e}",
+                        self.port
+                    ),
+                }
+            };
+            self.serve(listener);
+        }
         self.open.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for ChaosProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
     }
 }
 
@@ -321,6 +374,26 @@ mod tests {
         again.write_all(b"pong").await.unwrap();
         again.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
+        // refuse: the port is closed, as a stopped server's; restore reopens it.
+        proxy.refuse();
+        assert_eq!(again.read(&mut buf).await.unwrap_or(0), 0, "cut as well");
+        let deadline = std::time::Instant::now() + CONNECT_DEADLINE;
+        loop {
+            match tokio::net::TcpStream::connect(&addr).await {
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+                    break;
+                }
+                // The aborted accept loop drops its listener at its next poll.
+                Ok(_) => assert!(std::time::Instant::now() < deadline, "still listening"),
+            }
+            tokio::task::yield_now().await;
+        }
+        proxy.restore();
+        let mut back = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        back.write_all(b"back").await.unwrap();
+        back.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"back");
         assert_eq!(
             proxy.url_for("mysql://lab:pw@127.0.0.1:13306/lab"),
             format!("mysql://lab:pw@127.0.0.1:{}/lab", proxy.port())

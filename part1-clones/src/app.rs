@@ -3,12 +3,51 @@
 //! The router is generic over the [`SessionStore`], so the anti-pattern and
 //! the fix are the same code with one type changed; `Application::build`
 //! picks the store from `--sessions` and erases the type.
+//!
+//! ## How a later part grows the app
+//!
+//! A part implements [`AppPart`]: its routes, plus two hooks part 1 calls
+//! (`after_write` after a signup commits, `user_read_pool` for login's
+//! read). Part 2's server is part 1's with `DataLayer` as its part.
+//!
+//! ## Body limits
+//!
+//! Every route takes at most [`BODY_LIMIT`] bytes unless it says otherwise;
+//! part 1's JSON routes take [`JSON_LIMIT`], the avatar route
+//! `MAX_AVATAR_BYTES`. A route that needs more (part 2's articles: 10,000
+//! characters of any script, up to 4 bytes each in UTF-8 and 12 as a JSON
+//! escape) gives itself its own limit with a layer on that route:
+//!
+//! ```ignore
+//! .route("/articles", post(post_article).layer(DefaultBodyLimit::max(128 * 1024)))
+//! ```
+//!
+//! The limit nearest the handler wins, so this replaces the global one for
+//! that route alone. A body over the limit gets `413` with a JSON message.
+//! The load balancer refuses (413) anything over the largest route limit
+//! at the edge, so a client never uploads megabytes to be refused.
+//!
+//! ## Connections
+//!
+//! The server drives hyper itself (rather than `axum::serve`) for one
+//! setting: a header-read timeout, so a client that sends its headers one
+//! byte at a time (slowloris) is cut after `HEADER_READ_TIMEOUT_MS`
+//! instead of holding a connection for ever. Graceful shutdown still
+//! finishes the requests in flight.
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State,
+};
 use axum::http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,9 +60,12 @@ use tokio::net::TcpListener;
 use crate::avatar::{self, Avatars};
 use crate::config::{ServerConfig, SessionKind};
 use crate::error::ApiError;
+use crate::idempotency::IdempotencyKey;
 use crate::session::{
-    Expiry, MariadbSessions, MemorySessions, RedisSessions, Session, SessionId, SessionStore,
+    CartAdd, CartPush, Expiry, MariadbSessions, MemorySessions, RedisSessions, Session, SessionId,
+    SessionStore,
 };
+use crate::throttle::{self, IpBlock, LoginThrottle};
 use crate::users::{self, Users};
 
 /// The session cookie's name: generic, so it does not advertise the stack.
@@ -31,6 +73,16 @@ pub const COOKIE_NAME: &str = "sid";
 
 /// Items in a cart have 1 to 100 characters.
 pub const MAX_ITEM_CHARS: usize = 100;
+
+/// The body limit of every route that does not set its own.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// Part 1's JSON routes (credentials, a cart item): small by nature.
+pub const JSON_LIMIT: usize = 4 * 1024;
+
+/// At most this many `sid` cookies of one request are looked up: enough
+/// for a planted one beside the real one, not a lookup storm.
+pub const MAX_SID_COOKIES: usize = 4;
 
 /// What every request handler shares.
 pub struct AppState<S> {
@@ -48,21 +100,67 @@ pub struct AppState<S> {
     pub expiry: Expiry,
     /// Whether cookies are marked `Secure`.
     pub secure_cookies: bool,
+    /// The avatar route's body limit.
+    pub max_avatar_bytes: usize,
     /// Redis, for what later parts keep there.
     pub redis: redis::aio::ConnectionManager,
+    /// Failed-login counters, shared by every clone.
+    pub throttle: LoginThrottle,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpBlock>,
+    /// The cart's cap.
+    pub cart_max_items: u64,
+    /// The part's hooks, type-erased (see [`AppPart`]).
+    pub(crate) hooks: Arc<dyn PartHooks>,
 }
 
-/// Routes a later part adds to part 1's server: the app grows chapter by
+/// What a later part adds to part 1's server: the app grows chapter by
 /// chapter, and part 2's server is part 1's plus the data layer.
-pub trait Extension: Send + Sync + 'static {
+///
+/// (Named for what it is, a part of the app; `axum::Extension` is another
+/// thing entirely.)
+pub trait AppPart: Send + Sync + 'static {
     /// The extra routes, with their state applied, over part 1's state.
     fn routes<S: SessionStore>(&self, state: Arc<AppState<S>>) -> Router;
+
+    /// Called after part 1 commits a write for this user (a signup). Part
+    /// 2 pins the user's reads to the primary, so the new user can read
+    /// their own write on any clone.
+    fn after_write(&self, user_id: u64) -> impl Future<Output = ()> + Send {
+        let _ = user_id;
+        async {}
+    }
+
+    /// The pool login reads credentials from (part 2: a healthy replica);
+    /// `None` is the primary. Login falls back to the primary when the
+    /// user is not found there or the pool fails.
+    fn user_read_pool(&self) -> impl Future<Output = Option<MySqlPool>> + Send {
+        async { None }
+    }
 }
 
-/// Part 1 alone: no extra routes.
-impl Extension for () {
+/// Part 1 alone: no extra routes, no hooks.
+impl AppPart for () {
     fn routes<S: SessionStore>(&self, _: Arc<AppState<S>>) -> Router {
         Router::new()
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`AppPart`]'s hooks as an object, so [`AppState`] needs no second type
+/// parameter and later parts' handlers keep their signatures.
+pub(crate) trait PartHooks: Send + Sync {
+    fn after_write(&self, user_id: u64) -> BoxFuture<'_, ()>;
+    fn user_read_pool(&self) -> BoxFuture<'_, Option<MySqlPool>>;
+}
+
+impl<P: AppPart> PartHooks for P {
+    fn after_write(&self, user_id: u64) -> BoxFuture<'_, ()> {
+        Box::pin(AppPart::after_write(self, user_id))
+    }
+    fn user_read_pool(&self) -> BoxFuture<'_, Option<MySqlPool>> {
+        Box::pin(AppPart::user_read_pool(self))
     }
 }
 
@@ -80,15 +178,28 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
                     "send JSON with Content-Type: application/json".into(),
                 ))
             }
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge("the body is too large".into()))
-            }
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
+                ApiError::PayloadTooLarge("the body is larger than this route accepts".into()),
+            ),
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
     }
 }
 
-/// `{"username", "password"}`.
+/// `{"username", "password", "display_name"?}`: a signup.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signup {
+    /// Login name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// The name shown beside the user's writing; the username if absent.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// `{"username", "password"}`: a login.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
@@ -128,15 +239,27 @@ pub struct Cart {
     pub served_by: String,
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<SessionId> {
+/// Every well-formed `sid` of a request, in order, from every `Cookie`
+/// header. A browser sends several when cookies of the same name were set
+/// for different paths or domains, and an attacker who can set a cookie
+/// for a sibling domain can plant one: taking only the first would let
+/// that planted cookie lock the user out, so each is tried in turn.
+fn session_cookies(headers: &HeaderMap) -> Vec<SessionId> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .and_then(|(_, value)| SessionId::parse(value.trim()))
+        .filter(|(name, _)| *name == COOKIE_NAME)
+        .filter_map(|(_, value)| SessionId::parse(value.trim()))
+        .take(MAX_SID_COOKIES)
+        .collect()
+}
+
+tokio::task_local! {
+    /// The session a request was served with, for [`refresh_cookie`].
+    static SERVED_SESSION: RefCell<Option<(SessionId, i64)>>;
 }
 
 /// The session of a request, or `Unauthorized`. Later parts' routes use it.
@@ -144,44 +267,107 @@ pub async fn current<S: SessionStore>(
     state: &AppState<S>,
     headers: &HeaderMap,
 ) -> Result<(SessionId, Session), ApiError> {
-    let id = session_cookie(headers).ok_or(ApiError::Unauthorized)?;
-    let session = state
-        .sessions
-        .load(&id)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
-    Ok((id, session))
+    for id in session_cookies(headers) {
+        if let Some(session) = state.sessions.load(&id).await? {
+            // Tell the cookie middleware, so the answer re-sends the cookie.
+            let _ = SERVED_SESSION.try_with(|seen| {
+                *seen.borrow_mut() = Some((id.clone(), session.created_at));
+            });
+            return Ok((id, session));
+        }
+    }
+    Err(ApiError::Unauthorized)
 }
 
-fn set_cookie<S>(state: &AppState<S>, id: Option<&SessionId>) -> HeaderValue {
+/// The cookie's lifetime: what is left of the session's life on the
+/// server. The idle expiry slides with every request and the absolute one
+/// does not, so it is the smaller of the two.
+pub fn cookie_max_age(expiry: Expiry, created_at: i64, now: i64) -> u64 {
+    let lived = u64::try_from(now - created_at).unwrap_or(0);
+    let left = expiry.absolute.as_secs().saturating_sub(lived);
+    expiry.idle.as_secs().min(left)
+}
+
+fn set_cookie<S>(state: &AppState<S>, id: Option<(&SessionId, u64)>) -> HeaderValue {
     let secure = if state.secure_cookies { "; Secure" } else { "" };
     let value = match id {
-        Some(id) => format!(
-            "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        Some((id, max_age)) => format!(
+            "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
             id.as_str(),
-            state.expiry.idle.as_secs()
         ),
         None => format!("{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
     };
     HeaderValue::from_str(&value).expect("cookie is ASCII")
 }
 
+/// Middleware: an answer served with a session re-sends its cookie with
+/// the Max-Age the server now gives it, on every such answer. Set once at
+/// login, a browser would drop an active user's cookie when the idle
+/// timeout passed, though the server kept sliding the session.
+async fn refresh_cookie<S: SessionStore>(
+    State(state): State<Arc<AppState<S>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (seen, mut res) = SERVED_SESSION
+        .scope(RefCell::new(None), async move {
+            let res = next.run(req).await;
+            (SERVED_SESSION.with(|s| s.borrow_mut().take()), res)
+        })
+        .await;
+    if let Some((id, created_at)) = seen
+        && !res.headers().contains_key(SET_COOKIE)
+        && res.status() != StatusCode::UNAUTHORIZED
+    {
+        let max_age = cookie_max_age(state.expiry, created_at, crate::session::now());
+        res.headers_mut()
+            .insert(SET_COOKIE, set_cookie(&state, Some((&id, max_age))));
+    }
+    res
+}
+
 async fn signup<S: SessionStore>(
     State(state): State<Arc<AppState<S>>>,
-    Body(c): Body<Credentials>,
+    Body(c): Body<Signup>,
 ) -> Result<impl IntoResponse, ApiError> {
     common::domain::validate_username(&c.username)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     users::validate_password(&c.password)?;
-    let id = state.users.create(&c.username, &c.password).await?;
+    let display_name = users::validate_display_name(c.display_name.as_deref())?;
+    let id = state
+        .users
+        .create(&c.username, &c.password, display_name)
+        .await?;
+    // Committed: let the part pin this user's next reads (read-your-writes).
+    state.hooks.after_write(id).await;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "id": id, "username": c.username })),
+        Json(serde_json::json!({
+            "id": id,
+            "username": c.username,
+            "display_name": display_name.unwrap_or(&c.username),
+        })),
     ))
+}
+
+/// The TCP peer of a request (set by the server loop), if known.
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
 }
 
 async fn login<S: SessionStore>(
     State(state): State<Arc<AppState<S>>>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     Body(c): Body<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -191,9 +377,27 @@ async fn login<S: SessionStore>(
     {
         return Err(ApiError::BadCredentials);
     }
-    let user = state.users.authenticate(&c.username, &c.password).await?;
-    // A new id at every login, and the old session gone: no fixation.
-    if let Some(old) = session_cookie(&headers) {
+    // Refused before any hash is computed: guessing costs the clone nothing.
+    let ip = throttle::client_ip(peer, &headers, &state.trusted_proxies);
+    state.throttle.attempt(&c.username, ip).await?;
+    let read_pool = state.hooks.user_read_pool().await;
+    let user = match state
+        .users
+        .authenticate_via(read_pool.as_ref(), &c.username, &c.password)
+        .await
+    {
+        Ok(user) => user,
+        // Counted already: a failure stays counted.
+        Err(ApiError::BadCredentials) => return Err(ApiError::BadCredentials),
+        Err(e) => {
+            // The database failed, not the user: give the attempt back.
+            let _ = state.throttle.not_a_failure(&c.username, ip, false).await;
+            return Err(e);
+        }
+    };
+    state.throttle.not_a_failure(&c.username, ip, true).await?;
+    // A new id at every login, and the old sessions gone: no fixation.
+    for old in session_cookies(&headers) {
         state.sessions.delete(&old).await?;
     }
     let id = state.sessions.create(user.id, &user.username).await?;
@@ -203,14 +407,18 @@ async fn login<S: SessionStore>(
         served_by: state.clone_id.clone(),
         version: state.build.clone(),
     };
-    Ok(([(SET_COOKIE, set_cookie(&state, Some(&id)))], Json(me)))
+    let max_age = cookie_max_age(state.expiry, crate::session::now(), crate::session::now());
+    Ok((
+        [(SET_COOKIE, set_cookie(&state, Some((&id, max_age))))],
+        Json(me),
+    ))
 }
 
 async fn logout<S: SessionStore>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    if let Some(id) = session_cookie(&headers) {
+    for id in session_cookies(&headers) {
         state.sessions.delete(&id).await?;
     }
     Ok((
@@ -237,16 +445,35 @@ async fn add_item<S: SessionStore>(
     headers: HeaderMap,
     Body(c): Body<CartItem>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (id, _) = current(&state, &headers).await?;
+    let (id, session) = current(&state, &headers).await?;
     let n = c.item.chars().count();
     if n == 0 || n > MAX_ITEM_CHARS || c.item.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(format!(
             "an item has 1 to {MAX_ITEM_CHARS} printable characters"
         )));
     }
-    let len = state.sessions.add_to_cart(&id, &c.item).await?;
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let push = CartPush {
+        user_id: session.user_id,
+        item: &c.item,
+        max_items: state.cart_max_items,
+        key: key.as_ref(),
+    };
+    let (len, replayed) = match state.sessions.add_to_cart(&id, push).await? {
+        CartAdd::Added(len) => (len, false),
+        CartAdd::Repeated(len) => (len, true),
+        CartAdd::Full => {
+            return Err(ApiError::Conflict(format!(
+                "the cart is full: it holds at most {} items",
+                state.cart_max_items
+            )));
+        }
+    };
+    // A repeat gets the first answer, marked so a client can tell.
+    let replayed = HeaderValue::from_static(if replayed { "true" } else { "false" });
     Ok((
         StatusCode::CREATED,
+        [("idempotent-replayed", replayed)],
         Json(serde_json::json!({ "items": len, "served_by": state.clone_id })),
     ))
 }
@@ -265,9 +492,16 @@ async fn cart<S: SessionStore>(
 async fn put_avatar<S: SessionStore>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (_, s) = current(&state, &headers).await?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
+            "an avatar is at most {} bytes",
+            state.max_avatar_bytes
+        )),
+        _ => ApiError::BadRequest(e.body_text()),
+    })?;
     let kind = avatar::validate(
         headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
         &body,
@@ -307,31 +541,38 @@ async fn ready<S: SessionStore>(
     ))
 }
 
-/// Stamps every answer with the clone that gave it.
-async fn served_by(State(clone): State<HeaderValue>, req: Request, next: Next) -> Response {
+/// Stamps every answer with the clone that gave it, and with `nosniff`:
+/// a browser must believe the declared content type, never guess one from
+/// the bytes (an uploaded "image" must not become a page that runs script).
+async fn stamp(State(clone): State<HeaderValue>, req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
-    res.headers_mut().insert("x-served-by", clone);
+    let headers = res.headers_mut();
+    headers.insert("x-served-by", clone);
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     res
 }
 
-/// The part 1 router over a session store.
-pub fn app<S: SessionStore, E: Extension>(
+/// The part 1 router over a session store, with a later part's routes.
+pub fn app<S: SessionStore, P: AppPart>(
     state: Arc<AppState<S>>,
-    max_avatar_bytes: usize,
     capacity: crate::capacity::Capacity,
-    extension: &E,
+    part: &P,
 ) -> Router {
     let clone = HeaderValue::from_str(&state.clone_id).unwrap_or(HeaderValue::from_static("clone"));
+    let json = DefaultBodyLimit::max(JSON_LIMIT);
     let work = Router::new()
-        .route("/signup", post(signup::<S>))
-        .route("/login", post(login::<S>))
+        .route("/signup", post(signup::<S>).layer(json))
+        .route("/login", post(login::<S>).layer(json))
         .route("/logout", post(logout::<S>))
         .route("/me", get(me::<S>))
         .route("/cart", get(cart::<S>))
-        .route("/cart/items", post(add_item::<S>))
+        .route("/cart/items", post(add_item::<S>).layer(json))
         .route(
             "/me/avatar",
-            put(put_avatar::<S>).layer(DefaultBodyLimit::max(max_avatar_bytes)),
+            put(put_avatar::<S>).layer(DefaultBodyLimit::max(state.max_avatar_bytes)),
         )
         .route("/users/{username}/avatar", get(get_avatar::<S>))
         .route_layer(middleware::from_fn_with_state(
@@ -343,9 +584,10 @@ pub fn app<S: SessionStore, E: Extension>(
         .route("/ready", get(ready::<S>))
         .merge(work)
         .with_state(state.clone())
-        .merge(extension.routes(state))
-        .layer(DefaultBodyLimit::max(16 * 1024))
-        .layer(middleware::from_fn_with_state(clone, served_by))
+        .merge(part.routes(state.clone()))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state, refresh_cookie::<S>))
+        .layer(middleware::from_fn_with_state(clone, stamp))
 }
 
 /// A built, bound, not yet running server.
@@ -353,6 +595,7 @@ pub struct Application {
     port: u16,
     listener: TcpListener,
     router: Router,
+    header_read_timeout: Duration,
 }
 
 /// Connects to the user database and runs the migrations.
@@ -366,7 +609,7 @@ pub async fn connect_database(url: &str) -> anyhow::Result<MySqlPool> {
         .with_context(|| {
             format!(
                 "MariaDB is not reachable at {}: run ./lab up",
-                common::testing::redact(url)
+                common::config::redact(url)
             )
         })?;
     migrate(&pool).await?;
@@ -420,17 +663,10 @@ impl Application {
         Self::build_with(config, ()).await
     }
 
-    /// The same, with a later part's routes added.
-    pub async fn build_with<E: Extension>(
-        config: ServerConfig,
-        extension: E,
-    ) -> anyhow::Result<Self> {
+    /// The same, with a later part's routes and hooks added.
+    pub async fn build_with<P: AppPart>(config: ServerConfig, part: P) -> anyhow::Result<Self> {
+        // The dataset is loaded by `part1-load` before clones start, never here.
         let pool = connect_database(&config.stack.mariadb_primary_url).await?;
-        if let Some(scale) = config.load_dataset {
-            let spec = common::dataset::DatasetSpec::new(config.dataset_seed, scale);
-            let new = Users::new(pool.clone()).load_dataset(&spec).await?;
-            tracing::info!(new, users = spec.sizes.users, "dataset users loaded");
-        }
         let redis = connect_redis(&config.stack.redis_url).await?;
         let expiry = Expiry {
             idle: Duration::from_secs(config.session_idle_secs),
@@ -440,71 +676,42 @@ impl Application {
             config.max_concurrency,
             Duration::from_millis(config.service_time_ms),
         );
-        fn state<S>(
-            sessions: S,
-            c: &ServerConfig,
-            pool: &MySqlPool,
-            redis: &redis::aio::ConnectionManager,
-            expiry: Expiry,
-        ) -> Arc<AppState<S>> {
-            Arc::new(AppState {
-                sessions,
-                users: Users::new(pool.clone()),
-                avatars: Avatars::new(redis.clone(), &c.key_prefix),
-                clone_id: c.clone_name(),
-                build: c.build.clone(),
-                expiry,
-                secure_cookies: c.secure_cookies,
-                redis: redis.clone(),
-            })
-        }
-        let max = config.max_avatar_bytes;
+        let part = Arc::new(part);
+        let shared = Shared {
+            config: &config,
+            pool: &pool,
+            redis: &redis,
+            expiry,
+            hooks: part.clone(),
+        };
         let router = match config.sessions {
-            SessionKind::Memory => app(
-                state(MemorySessions::new(expiry), &config, &pool, &redis, expiry),
-                max,
-                capacity,
-                &extension,
-            ),
+            SessionKind::Memory => app(shared.state(MemorySessions::new(expiry)), capacity, &*part),
             SessionKind::Redis => app(
-                state(
-                    RedisSessions::new(redis.clone(), &config.key_prefix, expiry),
-                    &config,
-                    &pool,
-                    &redis,
+                shared.state(RedisSessions::new(
+                    redis.clone(),
+                    &config.key_prefix,
                     expiry,
-                ),
-                max,
+                )),
                 capacity,
-                &extension,
+                &*part,
             ),
             SessionKind::Mariadb => app(
-                state(
-                    MariadbSessions::new(pool.clone(), expiry),
-                    &config,
-                    &pool,
-                    &redis,
-                    expiry,
-                ),
-                max,
+                shared.state(MariadbSessions::new(pool.clone(), expiry)),
                 capacity,
-                &extension,
+                &*part,
             ),
         };
-        let listener = TcpListener::bind(("127.0.0.1", config.port))
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen on 127.0.0.1:{}: {e} (is another clone there? ./lab status)",
-                    config.port
-                )
-            })?;
+        let addr = SocketAddr::new(config.bind_addr, config.port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr}: {e} (is another clone there? ./lab status)")
+        })?;
         let port = listener.local_addr()?.port();
         tracing::info!(port, clone = %config.clone_name(), sessions = config.sessions.as_str(), build = %config.build, "clone ready");
         Ok(Application {
             port,
             listener,
             router,
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         })
     }
 
@@ -515,19 +722,89 @@ impl Application {
 
     /// Serves until SIGTERM or Ctrl-C, then finishes the requests in flight.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` resolves (tests stop servers this way).
+    /// Serves until `stop` resolves (tests stop servers this way), then
+    /// stops accepting, lets idle connections go and finishes the requests
+    /// in flight.
     pub async fn run_until(
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(stop)
-            .await
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // The timer is what makes the header-read timeout tick at all.
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(stop);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    // Out of file descriptors and the like: wait, go on.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut stop => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let router = self.router.clone();
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(router.clone(), req)
+                });
+            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    // Timeouts and resets by clients: not the server's fault.
+                    tracing::debug!(error = %e, %peer, "connection ended");
+                }
+            });
+        }
+        drop(self.listener);
+        graceful.shutdown().await;
+        Ok(())
+    }
+}
+
+/// What every clone's state shares, whatever its session store.
+struct Shared<'a> {
+    config: &'a ServerConfig,
+    pool: &'a MySqlPool,
+    redis: &'a redis::aio::ConnectionManager,
+    expiry: Expiry,
+    hooks: Arc<dyn PartHooks>,
+}
+
+impl Shared<'_> {
+    fn state<S>(&self, sessions: S) -> Arc<AppState<S>> {
+        let c = self.config;
+        let limits = throttle::Limits {
+            per_account: c.login_failures_per_account,
+            per_ip: c.login_failures_per_ip,
+            window: Duration::from_secs(c.login_failure_window_secs),
+        };
+        Arc::new(AppState {
+            sessions,
+            users: Users::with_hash_concurrency(self.pool.clone(), c.hash_concurrency),
+            avatars: Avatars::new(self.redis.clone(), &c.key_prefix),
+            clone_id: c.clone_name(),
+            build: c.build.clone(),
+            expiry: self.expiry,
+            secure_cookies: c.secure_cookies,
+            max_avatar_bytes: c.max_avatar_bytes,
+            redis: self.redis.clone(),
+            throttle: LoginThrottle::new(self.redis.clone(), &c.key_prefix, limits),
+            trusted_proxies: c.trusted_proxies.clone(),
+            cart_max_items: c.cart_max_items,
+            hooks: self.hooks.clone(),
+        })
     }
 }
 
@@ -545,4 +822,46 @@ async fn shutdown_signal() {
     };
     tokio::select! { () = ctrl_c => {}, () = term => {} }
     tracing::info!("stopping: finishing the requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cookie_lives_as_long_as_the_session_has_left() {
+        let e = Expiry {
+            idle: Duration::from_secs(1800),
+            absolute: Duration::from_secs(86_400),
+        };
+        let t0 = 1_000_000;
+        assert_eq!(cookie_max_age(e, t0, t0), 1800, "idle, at login");
+        assert_eq!(cookie_max_age(e, t0, t0 + 3600), 1800, "still idle, later");
+        assert_eq!(
+            cookie_max_age(e, t0, t0 + 86_400 - 60),
+            60,
+            "a minute to the absolute expiry"
+        );
+        assert_eq!(cookie_max_age(e, t0, t0 + 90_000), 0, "past it");
+        assert_eq!(cookie_max_age(e, t0, t0 - 5), 1800, "a clock behind");
+    }
+
+    #[test]
+    fn every_sid_is_a_candidate_in_order() {
+        let a = SessionId::generate();
+        let b = SessionId::generate();
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            format!("sid=garbage; other=1; sid={}", a.as_str())
+                .parse()
+                .unwrap(),
+        );
+        h.append(COOKIE, format!("sid={}", b.as_str()).parse().unwrap());
+        assert_eq!(session_cookies(&h), vec![a.clone(), b]);
+        let mut many = HeaderMap::new();
+        let all = vec![format!("sid={}", a.as_str()); 10].join("; ");
+        many.append(COOKIE, all.parse().unwrap());
+        assert_eq!(session_cookies(&many).len(), MAX_SID_COOKIES);
+    }
 }

@@ -6,17 +6,30 @@
 //! them to a new build while load runs. Each cluster gets free ports and a
 //! directory of its own, so many can run in parallel.
 //!
-//! HAProxy's policy is the lab's (see `haproxy_cfg` in `./lab`): round
-//! robin, a health check of `GET /health`, and `retries` + `redispatch` +
-//! `retry-on`, so a request that meets a dead clone is retried on another
-//! and the client never sees the failure.
+//! HAProxy's policy is the lab's (one template, `lab.d/haproxy.cfg.in`):
+//! round robin, a health check of `GET /health`, backend keep-alive, and
+//! `retries` + `redispatch` + `retry-on`, so a request that meets a dead
+//! clone is retried on another and the client never sees the failure, but
+//! only when repeating it is harmless: a GET, or a write that carries an
+//! `Idempotency-Key`.
+//!
+//! [`WriteMix`] is the write side of the drills: cart additions with an
+//! idempotency key (retried, safely) and signups without one (never
+//! retried), then an [`Audit`] that counts from the stores that every
+//! acknowledged write is there exactly once.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::MySqlPool;
 use tokio::process::{Child, Command};
+
+use crate::client::UserClient;
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -94,18 +107,30 @@ pub async fn wait_healthy(
 }
 
 /// HAProxy's configuration for clones on `ports`, listening on `lb_port`.
+///
+/// The lab's one template (`lab.d/haproxy.cfg.in`), the same policy as
+/// `./lab` and `compose/haproxy.cfg`: backend keep-alive, retries only of
+/// what is safe to repeat, a 413 at the edge for bodies over the avatar
+/// limit. The stats page listens on an abstract socket named after
+/// `lb_port`, so parallel test clusters never fight over a port.
 pub fn haproxy_config(lb_port: u16, ports: &[u16], check_interval: Duration) -> String {
-    let mut cfg = format!(
-        "global\n    maxconn 4096\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    \
-         retries 3\n    option redispatch 1\n    retry-on conn-failure empty-response response-timeout 502 503\n    option http-server-close\n\
-         frontend front\n    bind 127.0.0.1:{lb_port}\n    default_backend clones\n\
-         backend clones\n    balance roundrobin\n    option httpchk GET /health\n    default-server check inter {}ms fall 2 rise 1\n",
-        check_interval.as_millis()
-    );
-    for (i, port) in ports.iter().enumerate() {
-        cfg.push_str(&format!("    server clone{} 127.0.0.1:{port}\n", i + 1));
-    }
-    cfg
+    const TEMPLATE: &str = include_str!("../../lab.d/haproxy.cfg.in");
+    let servers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("    server clone{} 127.0.0.1:{port}", i + 1))
+        .collect();
+    TEMPLATE
+        .replace("@FRONT_BIND@", &format!("127.0.0.1:{lb_port}"))
+        .replace("@STATS_BIND@", &format!("abns@lab-stats-{lb_port}"))
+        .replace(
+            "@CHECK_INTER@",
+            &format!("{}ms", check_interval.as_millis()),
+        )
+        // The clones' default avatar limit (MAX_AVATAR_BYTES), as in `./lab`.
+        .replace("@MAX_BODY_BYTES@", "262144")
+        .replace("@HTTP_REQUEST_TIMEOUT@", "10s")
+        .replace("@SERVERS@", &servers.join("\n"))
 }
 
 impl Cluster {
@@ -301,4 +326,233 @@ fn spawn_clone(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", spec.binary.display()))
+}
+
+/// Writes through the load balancer while a drill breaks clones: every
+/// cart writer adds numbered items to its own user's cart, each with its
+/// own `Idempotency-Key`, and retries one that got no clear answer (a
+/// transport error or a 5xx) with the same key, as a careful client does;
+/// every signup writer signs up fresh users, with no key and no retry.
+///
+/// What each writer was told is kept, so an [`Audit`] can count afterwards,
+/// from the stores, that every acknowledged write is there exactly once.
+pub struct WriteMix {
+    stop: Arc<AtomicBool>,
+    carts: Vec<tokio::task::JoinHandle<CartTally>>,
+    signups: Vec<tokio::task::JoinHandle<SignupTally>>,
+}
+
+/// Tries of one cart write: the first send and the client's retries.
+const CART_TRIES: usize = 4;
+
+#[derive(Default)]
+struct CartTally {
+    acknowledged: Vec<String>,
+    failed: u64,
+}
+
+#[derive(Default)]
+struct SignupTally {
+    acknowledged: Vec<String>,
+    failed: u64,
+}
+
+/// What the writers were told, before anything is counted.
+pub struct Writes {
+    /// Per cart writer: its user and the items it was answered 201 for.
+    carts: Vec<(Arc<UserClient>, Vec<String>)>,
+    /// Usernames answered 201.
+    signups: Vec<String>,
+    /// Writes that never got a success answer (neither counted as stored
+    /// nor as lost: the writer was told they failed).
+    failed: u64,
+}
+
+impl WriteMix {
+    /// Starts one cart writer per user in `cart_users` (logged in through
+    /// `lb_url`) and `signup_writers` signup writers, until [`finish`](Self::finish).
+    /// `tag` makes the run's keys, items and usernames its own.
+    pub fn start(
+        lb_url: &str,
+        cart_users: &[Arc<UserClient>],
+        signup_writers: usize,
+        tag: &str,
+    ) -> WriteMix {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Keys and usernames are short: usernames hold at most 32 characters.
+        let tag: String = tag
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(10)
+            .collect();
+        let carts = cart_users
+            .iter()
+            .enumerate()
+            .map(|(w, user)| {
+                let (user, stop, tag) = (user.clone(), stop.clone(), tag.clone());
+                tokio::spawn(async move {
+                    let mut tally = CartTally::default();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let item = format!("{tag}-w{w}-{n}");
+                        n += 1;
+                        if add_once(&user, &item).await {
+                            tally.acknowledged.push(item);
+                        } else {
+                            tally.failed += 1;
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        let signups = (0..signup_writers)
+            .map(|w| {
+                let (stop, tag) = (stop.clone(), tag.clone());
+                let user = UserClient::new(crate::client::http(), lb_url);
+                tokio::spawn(async move {
+                    let mut tally = SignupTally::default();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let name = format!("mix_{tag}_{w}_{n}");
+                        n += 1;
+                        match user.signup(&name, "write-mix-password-1").await {
+                            Ok(s) if s == reqwest::StatusCode::CREATED => {
+                                tally.acknowledged.push(name)
+                            }
+                            _ => tally.failed += 1,
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        WriteMix {
+            stop,
+            carts,
+            signups,
+        }
+    }
+
+    /// Stops the writers and returns what they were told.
+    pub async fn finish(self, cart_users: &[Arc<UserClient>]) -> anyhow::Result<Writes> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut writes = Writes {
+            carts: Vec::new(),
+            signups: Vec::new(),
+            failed: 0,
+        };
+        for (task, user) in self.carts.into_iter().zip(cart_users) {
+            let t = task.await.context("a cart writer panicked")?;
+            writes.failed += t.failed;
+            writes.carts.push((user.clone(), t.acknowledged));
+        }
+        for task in self.signups {
+            let t = task.await.context("a signup writer panicked")?;
+            writes.failed += t.failed;
+            writes.signups.extend(t.acknowledged);
+        }
+        Ok(writes)
+    }
+}
+
+/// One cart write as a careful client makes it: the same key on every
+/// try, so a retry after a lost answer cannot add the item twice.
+async fn add_once(user: &UserClient, item: &str) -> bool {
+    for _ in 0..CART_TRIES {
+        let res = user
+            .raw(reqwest::Method::POST, "/cart/items")
+            .header(crate::idempotency::HEADER, item)
+            .json(&serde_json::json!({ "item": item }))
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status() == reqwest::StatusCode::CREATED => return true,
+            // A clear refusal (4xx) will not change on a retry.
+            Ok(r) if r.status().is_client_error() => return false,
+            // No answer, or a 5xx: the write may or may not have happened;
+            // the key makes asking again safe.
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Every acknowledged write, counted from the stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Audit {
+    /// Writes answered with success.
+    pub acknowledged: u64,
+    /// Acknowledged writes found exactly once.
+    pub stored: u64,
+    /// Acknowledged writes found more than once.
+    pub doubled: u64,
+    /// Acknowledged writes not found.
+    pub lost: u64,
+    /// Writes never acknowledged (the writer was told they failed).
+    pub failed: u64,
+}
+
+impl Audit {
+    /// One line: `acknowledged 412, stored once 412, doubled 0, lost 0; failed (unacknowledged) 3`.
+    pub fn line(&self) -> String {
+        format!(
+            "acknowledged {}, stored once {}, doubled {}, lost {}; failed (unacknowledged) {}",
+            self.acknowledged, self.stored, self.doubled, self.lost, self.failed
+        )
+    }
+}
+
+impl Writes {
+    /// Counts every acknowledged write in the stores: each cart from Redis
+    /// (through `GET /cart`, which reads the list the clones pushed to),
+    /// each signup from MariaDB's `users` table through `db`.
+    pub async fn audit(&self, db: &MySqlPool) -> anyhow::Result<Audit> {
+        let mut audit = Audit {
+            failed: self.failed,
+            ..Audit::default()
+        };
+        let mut tally = |found: usize| {
+            audit.acknowledged += 1;
+            match found {
+                0 => audit.lost += 1,
+                1 => audit.stored += 1,
+                _ => audit.doubled += 1,
+            }
+        };
+        for (user, acked) in &self.carts {
+            let cart = user
+                .cart()
+                .await?
+                .context("a cart writer lost its session")?;
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for item in &cart.items {
+                *seen.entry(item.as_str()).or_default() += 1;
+            }
+            for item in acked {
+                tally(seen.get(item.as_str()).copied().unwrap_or(0));
+            }
+        }
+        for names in self.signups.chunks(500) {
+            let marks = vec!["?"; names.len()].join(",");
+            let sql = format!(
+                "SELECT username, COUNT(*) FROM users WHERE username IN ({marks}) GROUP BY username"
+            );
+            // Only `?` placeholders are formatted in; the names are bound.
+            let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
+            for n in names {
+                q = q.bind(n);
+            }
+            let rows: HashMap<String, i64> = q
+                .fetch_all(db)
+                .await
+                .context("counting signups in MariaDB")?
+                .into_iter()
+                .collect();
+            for n in names {
+                tally(rows.get(n).copied().unwrap_or(0) as usize);
+            }
+        }
+        Ok(audit)
+    }
 }

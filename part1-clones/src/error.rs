@@ -33,6 +33,14 @@ pub enum ApiError {
     /// A body of a type this route does not take (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Too many attempts (429), with how long to wait, sent as `Retry-After`.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What the client did too often.
+        message: String,
+        /// Seconds until trying again makes sense.
+        retry_after_secs: u64,
+    },
     /// A shared store (Redis, MariaDB) does not answer (503); the cause is logged.
     #[error("{what} is unavailable")]
     Unavailable {
@@ -56,6 +64,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,7 +81,15 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let body = Json(serde_json::json!({ "error": self.to_string() }));
-        (self.status_code(), body).into_response()
+        let mut res = (self.status_code(), body).into_response();
+        if let ApiError::TooManyRequests {
+            retry_after_secs, ..
+        } = &self
+        {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, (*retry_after_secs).into());
+        }
+        res
     }
 }
 

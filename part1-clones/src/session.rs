@@ -20,8 +20,10 @@
 //! - idle expiry (sliding: each request extends it) and absolute expiry
 //!   (from login, never extended);
 //! - login makes a new id (no fixation), logout deletes the record;
-//! - the cart is changed atomically in the store (RPUSH, INSERT), so
-//!   parallel requests on different clones never lose an item.
+//! - the cart is changed atomically in the store (a Lua script, a
+//!   transaction), so parallel requests on different clones never lose an
+//!   item, never pass its cap, and never push one idempotency key twice
+//!   (see [`crate::idempotency`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
 use crate::error::StoreError;
+use crate::idempotency::{self, IdempotencyKey};
 
 /// A session id: 32 random bytes as 64 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -87,6 +90,31 @@ pub struct Expiry {
     pub absolute: Duration,
 }
 
+/// One item to add to a cart, with the rules the store enforces atomically.
+#[derive(Debug, Clone, Copy)]
+pub struct CartPush<'a> {
+    /// The session's user: idempotency keys are scoped per user.
+    pub user_id: u64,
+    /// What to add.
+    pub item: &'a str,
+    /// The cart's cap: a full cart takes nothing more.
+    pub max_items: u64,
+    /// The client's name for this attempt, if it sent one.
+    pub key: Option<&'a IdempotencyKey>,
+}
+
+/// What adding to a cart did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CartAdd {
+    /// Added; the cart now has this many items.
+    Added(u64),
+    /// The idempotency key was used before: nothing added, and this is the
+    /// length the first attempt answered.
+    Repeated(u64),
+    /// The cart is at its cap; nothing added.
+    Full,
+}
+
 /// Where sessions live. One implementation per lesson variant.
 pub trait SessionStore: Send + Sync + 'static {
     /// The variant's name, as the `--sessions` flag spells it.
@@ -109,12 +137,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Ends a session: its record and its cart are deleted.
     fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Appends an item to the session's cart, atomically; returns the cart's length.
+    /// Appends an item to the session's cart, atomically with its cap and
+    /// its idempotency key: two requests racing with one key add one item.
     fn add_to_cart(
         &self,
         id: &SessionId,
-        item: &str,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+        push: CartPush<'_>,
+    ) -> impl Future<Output = Result<CartAdd, StoreError>> + Send;
 
     /// The session's cart, oldest item first.
     fn cart(&self, id: &SessionId) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
@@ -123,7 +152,7 @@ pub trait SessionStore: Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -135,6 +164,9 @@ struct MemoryEntry {
     session: Session,
     last_seen: i64,
     cart: Vec<String>,
+    /// Idempotency keys seen, with the length they answered. Per session
+    /// here, and gone with the clone: one more way memory fails.
+    keys: HashMap<String, u64>,
 }
 
 /// The anti-pattern: sessions in this clone's memory. Correct on one
@@ -181,6 +213,7 @@ impl SessionStore for MemorySessions {
                 },
                 last_seen: t,
                 cart: Vec::new(),
+                keys: HashMap::new(),
             },
         );
         Ok(id)
@@ -212,14 +245,25 @@ impl SessionStore for MemorySessions {
         Ok(())
     }
 
-    async fn add_to_cart(&self, id: &SessionId, item: &str) -> Result<u64, StoreError> {
+    async fn add_to_cart(&self, id: &SessionId, push: CartPush<'_>) -> Result<CartAdd, StoreError> {
         let mut entries = self.entries.lock().expect("session map poisoned");
         let e = entries.get_mut(id).ok_or_else(|| StoreError {
             store: "memory",
             cause: "session vanished".into(),
         })?;
-        e.cart.push(item.to_owned());
-        Ok(e.cart.len() as u64)
+        // One lock around check and push: atomic within this clone only.
+        if let Some(len) = push.key.and_then(|k| e.keys.get(k.as_str())) {
+            return Ok(CartAdd::Repeated(*len));
+        }
+        if e.cart.len() as u64 >= push.max_items {
+            return Ok(CartAdd::Full);
+        }
+        e.cart.push(push.item.to_owned());
+        let len = e.cart.len() as u64;
+        if let Some(k) = push.key {
+            e.keys.insert(k.as_str().to_owned(), len);
+        }
+        Ok(CartAdd::Added(len))
     }
 
     async fn cart(&self, id: &SessionId) -> Result<Vec<String>, StoreError> {
@@ -278,7 +322,32 @@ impl RedisSessions {
     pub fn cart_key(&self, id: &SessionId) -> String {
         format!("{}:cart:{}", self.prefix, id.as_str())
     }
+
+    /// The key remembering one user's idempotency key for the cart.
+    pub fn idempotency_key(&self, user_id: u64, key: &IdempotencyKey) -> String {
+        format!("{}:idem:cart:{user_id}:{}", self.prefix, key.as_str())
+    }
 }
+
+/// Check the key, check the cap, push, remember the key: one script, so
+/// Redis runs it as one step and no other client's command comes between
+/// (two clones retrying one key cannot both push; two pushes cannot both
+/// pass a cap of one left). `KEYS[2]` is absent without an idempotency key.
+const CART_PUSH: &str = r"
+if KEYS[2] then
+  local first = redis.call('GET', KEYS[2])
+  if first then return {'repeated', tonumber(first)} end
+end
+local len = redis.call('LLEN', KEYS[1])
+if len >= tonumber(ARGV[2]) then return {'full', len} end
+len = redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if KEYS[2] then redis.call('SET', KEYS[2], len, 'EX', ARGV[4]) end
+return {'added', len}
+";
+
+static CART_PUSH_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CART_PUSH));
 
 impl SessionStore for RedisSessions {
     fn name(&self) -> &'static str {
@@ -347,18 +416,26 @@ impl SessionStore for RedisSessions {
         Ok(())
     }
 
-    async fn add_to_cart(&self, id: &SessionId, item: &str) -> Result<u64, StoreError> {
-        let key = self.cart_key(id);
+    async fn add_to_cart(&self, id: &SessionId, push: CartPush<'_>) -> Result<CartAdd, StoreError> {
         let mut conn = self.redis.clone();
-        // RPUSH is atomic in Redis: two clones pushing at once both land.
-        let (len,): (u64,) = redis::pipe()
-            .rpush(&key, item)
-            .expire(&key, self.expiry.idle.as_secs() as i64)
-            .ignore()
-            .query_async(&mut conn)
+        let mut call = CART_PUSH_SCRIPT.key(self.cart_key(id));
+        if let Some(k) = push.key {
+            call.key(self.idempotency_key(push.user_id, k));
+        }
+        // EVALSHA, falling back to EVAL once if Redis restarted and forgot it.
+        let (outcome, len): (String, u64) = call
+            .arg(push.item)
+            .arg(push.max_items)
+            .arg(self.expiry.idle.as_secs())
+            .arg(idempotency::TTL_SECS)
+            .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
-        Ok(len)
+        Ok(match outcome.as_str() {
+            "repeated" => CartAdd::Repeated(len),
+            "full" => CartAdd::Full,
+            _ => CartAdd::Added(len),
+        })
     }
 
     async fn cart(&self, id: &SessionId) -> Result<Vec<String>, StoreError> {
@@ -470,19 +547,66 @@ impl SessionStore for MariadbSessions {
         tx.commit().await.map_err(sql_err)
     }
 
-    async fn add_to_cart(&self, id: &SessionId, item: &str) -> Result<u64, StoreError> {
-        sqlx::query("INSERT INTO cart_items (session_id, item) VALUES (?, ?)")
-            .bind(id.as_str())
-            .bind(item)
-            .execute(&self.pool)
+    async fn add_to_cart(&self, id: &SessionId, push: CartPush<'_>) -> Result<CartAdd, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(sql_err)?;
+        // Lock the session's row first: every push to this cart queues
+        // here, so the count below cannot be passed by a racing push, and
+        // a racing retry sees the key the first one committed.
+        let live: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM sessions WHERE id = ? FOR UPDATE")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql_err)?;
+        if live.is_none() {
+            return Err(StoreError {
+                store: "mariadb",
+                cause: "session vanished".into(),
+            });
+        }
+        if let Some(k) = push.key {
+            let first: Option<u64> = sqlx::query_scalar(
+                "SELECT cart_len FROM cart_idempotency WHERE user_id = ? AND idem_key = ? AND created_at > ?",
+            )
+            .bind(push.user_id)
+            .bind(k.as_str())
+            .bind(now() - idempotency::TTL_SECS as i64)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(sql_err)?;
+            if let Some(len) = first {
+                return Ok(CartAdd::Repeated(len));
+            }
+        }
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cart_items WHERE session_id = ?")
             .bind(id.as_str())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
             .map_err(sql_err)?;
-        Ok(n as u64)
+        if n as u64 >= push.max_items {
+            return Ok(CartAdd::Full);
+        }
+        sqlx::query("INSERT INTO cart_items (session_id, item) VALUES (?, ?)")
+            .bind(id.as_str())
+            .bind(push.item)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_err)?;
+        let len = n as u64 + 1;
+        if let Some(k) = push.key {
+            // REPLACE: an expired row of the same key is simply overwritten.
+            // (Production purges old rows with a scheduled job.)
+            sqlx::query("REPLACE INTO cart_idempotency (user_id, idem_key, cart_len, created_at) VALUES (?, ?, ?, ?)")
+                .bind(push.user_id)
+                .bind(k.as_str())
+                .bind(len)
+                .bind(now())
+                .execute(&mut *tx)
+                .await
+                .map_err(sql_err)?;
+        }
+        tx.commit().await.map_err(sql_err)?;
+        Ok(CartAdd::Added(len))
     }
 
     async fn cart(&self, id: &SessionId) -> Result<Vec<String>, StoreError> {
@@ -547,8 +671,28 @@ mod tests {
         });
         let id = store.create(7, "ada").await.unwrap();
         assert_eq!(store.load(&id).await.unwrap().unwrap().username, "ada");
-        assert_eq!(store.add_to_cart(&id, "book").await.unwrap(), 1);
-        assert_eq!(store.cart(&id).await.unwrap(), vec!["book"]);
+        let key = IdempotencyKey::parse("k1").unwrap();
+        let push = CartPush {
+            user_id: 7,
+            item: "book",
+            max_items: 2,
+            key: Some(&key),
+        };
+        assert_eq!(
+            store.add_to_cart(&id, push).await.unwrap(),
+            CartAdd::Added(1)
+        );
+        assert_eq!(
+            store.add_to_cart(&id, push).await.unwrap(),
+            CartAdd::Repeated(1)
+        );
+        let no_key = CartPush { key: None, ..push };
+        assert_eq!(
+            store.add_to_cart(&id, no_key).await.unwrap(),
+            CartAdd::Added(2)
+        );
+        assert_eq!(store.add_to_cart(&id, no_key).await.unwrap(), CartAdd::Full);
+        assert_eq!(store.cart(&id).await.unwrap(), vec!["book", "book"]);
         store.delete(&id).await.unwrap();
         assert_eq!(store.load(&id).await.unwrap(), None);
 

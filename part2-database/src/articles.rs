@@ -20,8 +20,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor, MySql, MySqlPool, QueryBuilder};
 
-/// Which read path: the normalized join or the denormalized columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which read path: the normalized join or the denormalized columns
+/// (`part2-server --shape join|denormalized`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Shape {
     /// JOIN `users` and COUNT comments and likes, at read time.
     Join,
@@ -73,6 +74,16 @@ pub struct ArticlePage {
     pub body: String,
     /// The latest comments, newest first.
     pub comments: Vec<CommentView>,
+}
+
+impl Shape {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shape::Join => "join",
+            Shape::Denormalized => "denormalized",
+        }
+    }
 }
 
 const JOIN_SUMMARY: &str = "SELECT a.id, a.author_id, u.display_name AS author_name, a.title, a.published_at, \
@@ -198,9 +209,10 @@ pub async fn comments_batched(
     Ok((out, 1))
 }
 
-/// Posts an article (its author name copied in, counters at zero); returns its id.
-pub async fn post(
-    pool: &MySqlPool,
+/// Posts an article (its author name copied in, counters at zero); returns
+/// its id. A user who never set a display name is shown by username.
+pub async fn post<'e, E: Executor<'e, Database = MySql>>(
+    db: E,
     author_id: u64,
     title: &str,
     body: &str,
@@ -208,14 +220,14 @@ pub async fn post(
 ) -> sqlx::Result<u64> {
     let r = sqlx::query(
         "INSERT INTO articles (author_id, title, body, published_at, author_name) \
-         SELECT ?, ?, ?, ?, display_name FROM users WHERE id = ?",
+         SELECT ?, ?, ?, ?, IF(display_name = '', username, display_name) FROM users WHERE id = ?",
     )
     .bind(author_id)
     .bind(title)
     .bind(body)
     .bind(at)
     .bind(author_id)
-    .execute(pool)
+    .execute(db)
     .await?;
     if r.rows_affected() == 0 {
         return Err(sqlx::Error::RowNotFound);
@@ -271,13 +283,11 @@ where
 }
 
 /// Likes an article once per user; returns whether it was new.
-pub async fn add_like(
-    pool: &MySqlPool,
-    article_id: u64,
-    user_id: u64,
-    at: i64,
-) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
+pub async fn add_like<'a, A>(db: A, article_id: u64, user_id: u64, at: i64) -> sqlx::Result<bool>
+where
+    A: sqlx::Acquire<'a, Database = MySql>,
+{
+    let mut tx = db.begin().await?;
     lock_article(&mut tx, article_id).await?;
     let new =
         sqlx::query("INSERT IGNORE INTO likes (article_id, user_id, created_at) VALUES (?, ?, ?)")
@@ -296,6 +306,28 @@ pub async fn add_like(
     }
     tx.commit().await?;
     Ok(new)
+}
+
+/// Makes two users friends, both directions in one transaction, so a
+/// friendship is never half there. The rows are taken lower id first:
+/// two users befriending each other at once would otherwise each lock
+/// "their" row and wait for the other's, a deadlock InnoDB breaks by
+/// failing one of them (1213).
+pub async fn befriend<'a, A>(db: A, user_id: u64, friend_id: u64, at: i64) -> sqlx::Result<()>
+where
+    A: sqlx::Acquire<'a, Database = MySql>,
+{
+    let (lo, hi) = (user_id.min(friend_id), user_id.max(friend_id));
+    let mut tx = db.begin().await?;
+    for (a, b) in [(lo, hi), (hi, lo)] {
+        sqlx::query("INSERT IGNORE INTO friendships (user_id, friend_id, since) VALUES (?, ?, ?)")
+            .bind(a)
+            .bind(b)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
 }
 
 /// Articles whose denormalized counters disagree with the rows (should be none).

@@ -19,7 +19,9 @@
 //! 5. [`sharding`]: placement (modulo, consistent hashing, directory), ids
 //!    unique across shards, scatter-gather across shards.
 //! 6. [`mongo`]: documents, joins in application code, the migration.
-//! 7. [`demo`]: the experiments of `./lab tour part2`.
+//! 7. [`drill`]: breaking a shared server on purpose (replica SQL thread,
+//!    buffer pool, an index) with guards that always put it back.
+//! 8. [`demo`]: the experiments of `./lab tour part2`, one file each.
 //!
 //! The guide is `docs/part2-database.md`.
 //!
@@ -33,8 +35,8 @@
 //! `MONGO_DATABASE` (`lab`). And the stack's URLs, as everywhere.
 
 pub mod articles;
-pub mod capacity;
 pub mod demo;
+pub mod drill;
 pub mod mongo;
 pub mod replication;
 pub mod schema;

@@ -10,6 +10,11 @@
 //! difference between minutes and seconds. The denormalized columns
 //! (`author_name`, `comment_count`, `like_count`) are computed while loading,
 //! so the loaded data is consistent from the start.
+//!
+//! Loading is a deploy step, not the server's business: `part2-load`
+//! ([`prepare`]) migrates and loads the `lab` database before `./lab up
+//! part2` starts the clones, as a production deploy runs its migrations
+//! once before rolling the app tier.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -215,4 +220,26 @@ pub async fn ensure_loaded(
         .execute(&mut *conn)
         .await;
     outcome
+}
+
+/// `part2-load`'s work: part 1's and part 2's migrations, then the whole
+/// dataset at `spec`'s scale, unless it is there already. Idempotent and
+/// safe to run twice at once (named locks). Returns the load's figures, or
+/// `None` if that scale was already loaded.
+pub async fn prepare(primary_url: &str, spec: &DatasetSpec) -> anyhow::Result<Option<LoadStats>> {
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(primary_url)
+        .await
+        .with_context(|| {
+            format!(
+                "MariaDB is not reachable at {}: run ./lab up",
+                common::config::redact(primary_url)
+            )
+        })?;
+    migrate(&pool).await?;
+    let loaded = ensure_loaded(&pool, spec).await;
+    pool.close().await;
+    loaded
 }

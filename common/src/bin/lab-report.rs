@@ -20,6 +20,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    common::telemetry::init();
     let args = Args::parse();
     let results = PartResults::read_all(&args.results_dir)?;
     std::fs::create_dir_all(&args.report_dir)

@@ -1,13 +1,17 @@
 //! The lesson itself, on real clones behind a real HAProxy: memory sessions
 //! lose, Redis sessions do not; a killed clone and a rolling restart lose
-//! nothing; parallel cart updates on different clones all land.
+//! nothing (reads, and a write mix: every acknowledged cart item and signup
+//! is in the stores exactly once, counted from Redis and MariaDB); parallel
+//! cart updates on different clones all land.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::measure::{Load, run_load};
+use common::testing::unique_name;
 use part1_clones::client::{UserClient, http};
+use part1_clones::cluster::{Cluster, WriteMix};
 
 use crate::support::{PASSWORD, cluster, fresh_username};
 
@@ -86,7 +90,7 @@ async fn an_avatar_uploaded_through_one_clone_is_served_by_the_others() {
     let (c, db) = cluster(3, "redis").await;
     let u = user(&c.clone_url(0)).await;
     let name = u.me().await.unwrap().unwrap().username;
-    let png = b"\x89PNG\r\n\x1a\npicture".to_vec();
+    let png = part1_clones::avatar::sample_png(16, 16);
     assert_eq!(u.put_avatar("image/png", png.clone()).await.unwrap(), 204);
     for i in 1..3 {
         let other = UserClient::new(http(), &c.clone_url(i));
@@ -107,6 +111,31 @@ async fn me_load(users: Vec<Arc<UserClient>>, duration: Duration) -> common::mea
     .await
 }
 
+/// Cart writers (one user each) for the write mix, logged in through the LB.
+async fn cart_writers(c: &Cluster, n: usize) -> Vec<Arc<UserClient>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Arc::new(user(&c.lb_url()).await));
+    }
+    out
+}
+
+/// Waits (with a deadline) until the write mix has written something, so
+/// the drill breaks a clone in the middle of writes, not before them.
+async fn until_writes_flow(u: &UserClient) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if u.cart().await.unwrap().is_some_and(|c| !c.items.is_empty()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write mix wrote nothing in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_clone_killed_under_load_loses_no_request_and_no_session() {
     let (mut c, db) = cluster(3, "redis").await;
@@ -114,13 +143,14 @@ async fn a_clone_killed_under_load_loses_no_request_and_no_session() {
     for _ in 0..4 {
         users.push(Arc::new(user(&c.lb_url()).await));
     }
+    let writers = cart_writers(&c, 3).await;
     let run = tokio::spawn(me_load(users.clone(), Duration::from_secs(3)));
-    // Kill once the run has surely started: wait for requests to flow.
-    let probe = UserClient::new(http(), &c.lb_url());
-    let _ = probe.me().await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mix = WriteMix::start(&c.lb_url(), &writers, 1, &unique_name("k"));
+    // Kill once reads and writes surely flow.
+    until_writes_flow(&writers[0]).await;
     c.kill(1).await.unwrap();
     let report = run.await.unwrap();
+    let writes = mix.finish(&writers).await.unwrap();
     assert!(report.requests > 100, "the load ran: {report:?}");
     assert_eq!(
         report.errors, 0,
@@ -130,6 +160,15 @@ async fn a_clone_killed_under_load_loses_no_request_and_no_session() {
     for u in &users {
         assert!(u.me().await.unwrap().is_some(), "a session was lost");
     }
+    let audit = writes.audit(&db.pool).await.unwrap();
+    assert!(audit.acknowledged > 0, "the writes ran: {audit:?}");
+    assert_eq!(
+        (audit.lost, audit.doubled),
+        (0, 0),
+        "every acknowledged write is stored exactly once: {}",
+        audit.line()
+    );
+    assert_eq!(audit.stored, audit.acknowledged, "{}", audit.line());
     c.stop().await;
     db.drop_database().await;
 }
@@ -142,9 +181,13 @@ async fn a_rolling_restart_fails_no_request_and_ends_on_one_build() {
     for _ in 0..4 {
         users.push(Arc::new(user(&c.lb_url()).await));
     }
+    let writers = cart_writers(&c, 3).await;
     let run = tokio::spawn(me_load(users.clone(), Duration::from_secs(8)));
+    let mix = WriteMix::start(&c.lb_url(), &writers, 1, &unique_name("r"));
+    until_writes_flow(&writers[0]).await;
     c.roll("v2").await.unwrap();
     let report = run.await.unwrap();
+    let writes = mix.finish(&writers).await.unwrap();
     assert!(report.requests > 100, "the load ran: {report:?}");
     assert_eq!(
         report.errors, 0,
@@ -156,6 +199,16 @@ async fn a_rolling_restart_fails_no_request_and_ends_on_one_build() {
         vec!["v2"; 3],
         "every clone runs the new build"
     );
+    let audit = writes.audit(&db.pool).await.unwrap();
+    assert!(audit.acknowledged > 0, "the writes ran: {audit:?}");
+    // A graceful restart finishes what is in flight: nothing even fails.
+    assert_eq!(
+        (audit.lost, audit.doubled),
+        (0, 0),
+        "every acknowledged write is stored exactly once: {}",
+        audit.line()
+    );
+    assert_eq!(audit.stored, audit.acknowledged, "{}", audit.line());
     c.stop().await;
     db.drop_database().await;
 }

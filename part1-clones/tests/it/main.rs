@@ -2,7 +2,13 @@
 //! One test binary; each module is one lesson's claims.
 
 mod avatars;
+mod cart;
 mod cluster;
+mod connections;
+mod load;
+mod logins;
+mod parts;
 mod readiness;
 mod sessions;
+mod signup;
 mod support;

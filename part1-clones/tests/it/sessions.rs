@@ -239,10 +239,12 @@ async fn cart_items_are_validated() {
 
 #[tokio::test]
 async fn the_datasets_users_log_in_with_the_dataset_password() {
-    let app = spawn_app("redis", |c| {
-        c.load_dataset = Some(common::dataset::Scale::Tiny)
-    })
-    .await;
+    // The server never loads the dataset: part1-load's work, run here directly.
+    let app = spawn_app("redis", |_| {}).await;
+    let users = part1_clones::users::Users::new(app.db.pool.clone());
+    let spec = common::dataset::DatasetSpec::new(42, common::dataset::Scale::Tiny);
+    let loaded = users.load_dataset(&spec).await.unwrap();
+    assert_eq!(loaded, spec.sizes.users, "every user is new");
     let u = app.user();
     let me = u
         .login("user1", common::dataset::DATASET_PASSWORD)
@@ -251,8 +253,85 @@ async fn the_datasets_users_log_in_with_the_dataset_password() {
     assert_eq!((me.id, me.username.as_str()), (1, "user1"));
     assert!(u.login("user2", "not the password").await.is_err());
     // Loading again keeps what is there and adds nothing.
-    let users = part1_clones::users::Users::new(app.db.pool.clone());
-    let spec = common::dataset::DatasetSpec::new(42, common::dataset::Scale::Tiny);
     assert_eq!(users.load_dataset(&spec).await.unwrap(), 0);
+    app.stop().await;
+}
+
+fn max_age(res: &reqwest::Response) -> Option<(String, u64)> {
+    let cookie = res.headers().get(SET_COOKIE)?.to_str().ok()?;
+    let id = cookie.strip_prefix("sid=")?.split(';').next()?.to_owned();
+    let age = cookie
+        .split("; ")
+        .find_map(|p| p.strip_prefix("Max-Age="))?
+        .parse()
+        .ok()?;
+    Some((id, age))
+}
+
+#[tokio::test]
+async fn the_cookie_is_resent_with_what_the_session_has_left() {
+    // Absolute expiry shorter than idle: the cookie must follow the
+    // absolute one, which no request extends.
+    let absolute = 120;
+    let app = spawn_app("redis", |c| {
+        c.session_idle_secs = 3600;
+        c.session_absolute_secs = absolute;
+    })
+    .await;
+    let (u, _) = app.logged_in().await;
+    let id = u.cookie().unwrap();
+    let res = u.raw(Method::GET, "/me").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let (resent, age) = max_age(&res).expect("an authenticated answer re-sends the cookie");
+    assert_eq!(resent, id, "the same session, not a new one");
+    assert!(
+        age <= absolute && age + 5 >= absolute,
+        "Max-Age {age} is what is left of {absolute}s"
+    );
+    let res = u.raw(Method::GET, "/cart").send().await.unwrap();
+    assert!(max_age(&res).is_some(), "every authenticated answer");
+    let anonymous = app.user().raw(Method::GET, "/me").send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(max_age(&anonymous).is_none(), "no session, no cookie");
+    let health = u.raw(Method::GET, "/health").send().await.unwrap();
+    assert!(
+        max_age(&health).is_none(),
+        "a route that does not read the session"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_planted_sid_does_not_lock_the_user_out() {
+    let app = spawn_app("redis", |_| {}).await;
+    let (u, name) = app.logged_in().await;
+    let valid = u.cookie().unwrap();
+    let unknown = "b".repeat(64);
+    let http = part1_clones::client::http();
+    let me = |cookies: Vec<String>| {
+        let mut req = http.get(format!("{}/me", app.url));
+        for c in cookies {
+            req = req.header(COOKIE, c);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let body: serde_json::Value = res.json().await.unwrap();
+            (status, body["username"].as_str().map(str::to_owned))
+        }
+    };
+    for cookies in [
+        vec![format!("sid=garbage; sid={valid}")],
+        vec![format!("sid={unknown}; sid={valid}")],
+        vec![format!("sid={valid}; sid={unknown}")],
+        vec![format!("sid={unknown}"), format!("theme=dark; sid={valid}")],
+    ] {
+        assert_eq!(
+            me(cookies.clone()).await,
+            (200, Some(name.clone())),
+            "{cookies:?}"
+        );
+    }
+    assert_eq!(me(vec![format!("sid={unknown}; sid=x")]).await.0, 401);
     app.stop().await;
 }

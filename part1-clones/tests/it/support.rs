@@ -2,7 +2,7 @@
 //! and clusters of the real binary behind a real HAProxy.
 
 use common::testing::{self, TestDatabase};
-use part1_clones::app::Application;
+use part1_clones::app::{AppPart, Application};
 use part1_clones::client::{UserClient, http};
 use part1_clones::cluster::{Cluster, ClusterSpec};
 use part1_clones::config::ServerConfig;
@@ -20,6 +20,15 @@ pub struct TestApp {
 
 /// Starts the app with `sessions` and extra settings, on a fresh database.
 pub async fn spawn_app(sessions: &str, tweak: impl FnOnce(&mut ServerConfig)) -> TestApp {
+    spawn_app_with((), sessions, tweak).await
+}
+
+/// The same, with a later part (a test's own routes and hooks).
+pub async fn spawn_app_with<P: AppPart>(
+    part: P,
+    sessions: &str,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> TestApp {
     let stack = testing::stack();
     let db = TestDatabase::create("MariaDB primary", &stack.mariadb_primary_url)
         .await
@@ -33,7 +42,9 @@ pub async fn spawn_app(sessions: &str, tweak: impl FnOnce(&mut ServerConfig)) ->
     config.key_prefix = prefix.clone();
     config.stack.mariadb_primary_url = db_url;
     tweak(&mut config);
-    let app = Application::build(config).await.expect("app builds");
+    let app = Application::build_with(config, part)
+        .await
+        .expect("app builds");
     let url = format!("http://127.0.0.1:{}", app.port());
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(app.run_until(async move {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use part2_database::articles::{self, Shape};
-use part2_database::{schema, tuning};
+use part2_database::{drill, schema, tuning};
 
 use crate::support::loaded;
 
@@ -99,18 +99,26 @@ async fn denormalized_counts_equal_the_truth_after_many_concurrent_writes() {
 }
 
 #[tokio::test]
-async fn n_plus_1_and_batched_return_the_same_with_21_against_1_queries() {
+async fn n_plus_1_sends_a_select_per_article_and_batched_one_as_the_server_counts() {
     let l = loaded().await;
     let ids: Vec<u64> = (1..=20)
         .map(|r| l.spec.article_popularity().id_of_rank(r))
         .collect();
-    let (a, qa) = articles::comments_n_plus_1(&l.db.pool, &ids, 5)
-        .await
-        .unwrap();
-    let (b, qb) = articles::comments_batched(&l.db.pool, &ids, 5)
-        .await
-        .unwrap();
-    assert_eq!((qa, qb), (20, 1));
+    let page = ids.clone();
+    let ((a, _), n_plus_1) = tuning::count_selects(&l.db.pool, |p| async move {
+        articles::comments_n_plus_1(&p, &page, 5).await
+    })
+    .await
+    .unwrap();
+    let page = ids.clone();
+    let ((b, _), batched) = tuning::count_selects(&l.db.pool, |p| async move {
+        articles::comments_batched(&p, &page, 5).await
+    })
+    .await
+    .unwrap();
+    // Counted by MariaDB (Com_select on the connection that ran them).
+    assert_eq!(n_plus_1, ids.len() as u64, "one SELECT per article");
+    assert_eq!(batched, 1, "one SELECT for the page");
     assert_eq!(a, b);
     assert!(a.values().all(|c| c.len() <= 5));
     l.db.drop_database().await;
@@ -119,14 +127,19 @@ async fn n_plus_1_and_batched_return_the_same_with_21_against_1_queries() {
 #[tokio::test]
 async fn explain_shows_the_full_scan_without_the_index_and_the_lookup_with_it() {
     let l = loaded().await;
+    let pool = &l.db.pool;
     let id = l.spec.article_popularity().id_of_rank(1);
-    tuning::drop_index(&l.db.pool).await.unwrap();
-    let without = tuning::explain_comments(&l.db.pool, id).await.unwrap();
+    let p = pool.clone();
+    let without =
+        drill::with_index_dropped(pool, "comments", tuning::COMMENTS_INDEX, || async move {
+            Ok(tuning::explain_comments(&p, id).await?)
+        })
+        .await
+        .unwrap();
     assert_eq!(without.access, "ALL", "{without}");
     assert!(without.key.is_none());
-    tuning::create_index(&l.db.pool).await.unwrap();
-    let with = tuning::explain_comments(&l.db.pool, id).await.unwrap();
-    assert_eq!(with.key.as_deref(), Some("comments_article"), "{with}");
+    let with = tuning::explain_comments(pool, id).await.unwrap();
+    assert_eq!(with.key.as_deref(), Some(tuning::COMMENTS_INDEX), "{with}");
     assert!(with.rows < without.rows);
     l.db.drop_database().await;
 }

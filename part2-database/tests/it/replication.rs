@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use common::testing::ChaosProxy;
 use part2_database::articles::{self, Shape};
+use part2_database::drill;
 use part2_database::replication::{
-    self, LastWrite, ReadFrom, ReadYourWrites, SplitPool, is_connection_error, lazy_pool,
+    self, HealthPolicy, LastWrite, ReadFrom, ReadYourWrites, SplitPool, is_connection_error,
+    lazy_pool,
 };
 
 use crate::support::{REPLICA, loaded, replica_admin, replica_of};
@@ -98,43 +100,38 @@ async fn read_your_writes_under_injected_lag() {
         .unwrap();
     assert!(lag.is_some(), "replication runs");
     let split = SplitPool::new(l.db.pool.clone(), vec![replica]);
-    let admin = replica_admin().await;
     let article = l.spec.article_popularity().id_of_rank(2);
-
-    // Stop applying on the replica: it lags until started again.
-    sqlx::query("STOP SLAVE SQL_THREAD")
-        .execute(&admin)
-        .await
-        .unwrap();
     let mut stale = std::collections::HashMap::new();
-    for policy in [
-        ReadYourWrites::Naive,
-        ReadYourWrites::PinToPrimary {
-            window: Duration::from_secs(5),
-        },
-        ReadYourWrites::WaitForGtid {
-            timeout: Duration::from_millis(200),
-        },
-    ] {
-        let mut last = LastWrite::default();
-        let before = count_comments(l.db.pool.clone(), article).await.unwrap();
-        replication::write_tracked(&split, &mut last, |mut conn| async move {
-            articles::add_comment(&mut *conn, Shape::Denormalized, article, 1, "mine", 0).await?;
-            Ok(((), conn))
-        })
-        .await
-        .unwrap();
-        assert!(last.gtid.is_some());
-        let (seen, _) =
-            replication::read_own(&split, policy, &last, |p| count_comments(p, article))
-                .await
-                .unwrap();
-        stale.insert(policy.name(), seen == before);
-    }
-    sqlx::query("START SLAVE SQL_THREAD")
-        .execute(&admin)
-        .await
-        .unwrap();
+    // The replica's SQL thread stopped: it lags until the guard restarts it,
+    // on every path out of the closure.
+    drill::with_sql_thread_stopped(&replica_admin().await, || async {
+        for policy in [
+            ReadYourWrites::Naive,
+            ReadYourWrites::PinToPrimary {
+                window: Duration::from_secs(5),
+            },
+            ReadYourWrites::WaitForGtid {
+                timeout: Duration::from_millis(200),
+            },
+        ] {
+            let mut last = LastWrite::default();
+            let before = count_comments(l.db.pool.clone(), article).await?;
+            replication::write_tracked(&split, &mut last, |mut conn| async move {
+                articles::add_comment(&mut *conn, Shape::Denormalized, article, 1, "mine", 0)
+                    .await?;
+                Ok(((), conn))
+            })
+            .await?;
+            anyhow::ensure!(last.gtid.is_some());
+            let (seen, _) =
+                replication::read_own(&split, policy, &last, |p| count_comments(p, article))
+                    .await?;
+            stale.insert(policy.name(), seen == before);
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
     assert!(
         stale["naive"],
         "the naive read is stale while the replica lags"
@@ -144,5 +141,84 @@ async fn read_your_writes_under_injected_lag() {
         !stale["wait for GTID"],
         "waited, timed out, fell back to the primary"
     );
+    l.db.drop_database().await;
+}
+
+/// The health check reads `SHOW SLAVE STATUS`: a replica whose SQL thread
+/// is stopped leaves rotation (reads go to the primary), and comes back
+/// once it runs and has caught up.
+#[tokio::test]
+async fn a_replica_that_stops_applying_leaves_rotation_and_comes_back() {
+    let _guard = REPLICA.write().await;
+    let l = loaded().await;
+    let replica = replica_of(&l).await;
+    let policy = HealthPolicy {
+        max_lag: Duration::from_millis(1000),
+        interval: Duration::from_millis(50),
+    };
+    let split = SplitPool::with_policy(l.db.pool.clone(), vec![replica], policy);
+    let hot = l.spec.article_popularity().id_of_rank(1);
+    let reads_from = |want: ReadFrom| {
+        let split = split.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let (_, from) = split.read(|p| count_comments(p, hot)).await?;
+                if from == want {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "reads never went to {want:?}: {:?}",
+                    split.replica_health(0)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    reads_from(ReadFrom::Replica(0)).await.unwrap();
+    drill::with_sql_thread_stopped(&replica_admin().await, || async {
+        articles::add_comment(&l.db.pool, Shape::Denormalized, hot, 1, "unapplied", 0).await?;
+        reads_from(ReadFrom::Primary).await?;
+        let health = split.replica_health(0).unwrap();
+        anyhow::ensure!(health.alive && !health.in_rotation, "{health:?}");
+        anyhow::ensure!(
+            health
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("SQL thread")),
+            "{health:?}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    reads_from(ReadFrom::Replica(0)).await.unwrap();
+    l.db.drop_database().await;
+}
+
+/// The health task holds only a weak reference: dropping the last clone
+/// of the pool ends it.
+#[tokio::test]
+async fn the_health_task_ends_with_its_pool() {
+    let l = loaded().await;
+    let replica = lazy_pool(&l.replica_url, 2).unwrap();
+    let policy = HealthPolicy {
+        max_lag: Duration::from_millis(1000),
+        interval: Duration::from_millis(20),
+    };
+    let split = SplitPool::with_policy(l.db.pool.clone(), vec![replica], policy);
+    let ended = split.health_task_ended();
+    let other = split.clone();
+    drop(split);
+    // Still running: a clone of the pool lives.
+    let ended = match futures::FutureExt::now_or_never(Box::pin(ended)) {
+        None => other.health_task_ended(),
+        Some(()) => panic!("the task ended while a clone of its pool lived"),
+    };
+    drop(other);
+    tokio::time::timeout(Duration::from_secs(30), ended)
+        .await
+        .expect("the health task ended once the pool was dropped");
     l.db.drop_database().await;
 }

@@ -1,0 +1,293 @@
+# shellcheck shell=bash
+# lab.d/course.sh: what the course runs on the stack. A part's app tier
+# (`up partN`, `roll`, its variant and build), the tour of the demos, the
+# test suite and the benches. Sourced by ./lab.
+#
+# The app tier's state lives in .lab/run: app.part, app.bin, app.clones,
+# app.build, app.env (the variant: SESSIONS=..., READS=...), and one
+# cloneN.info per clone saying what that clone was started as. `./lab down`
+# removes them all.
+
+# ---------------------------------------------------------------- app tier
+
+# crate of each part with an app tier
+part_crate() {
+    case $1 in
+    part1) echo part1-clones ;;
+    part2) echo part2-database ;;
+    part3 | part4) die "$1's app tier is not built yet: see its issue. Parts with an app tier: part1, part2." ;;
+    *) die "unknown part '$1': use part1, part2, part3 or part4" ;;
+    esac
+}
+
+cargo_profile_flag() { [[ $PROFILE == debug ]] || echo --release; }
+
+PART_BIN="" LOAD_BIN=""
+app_binary() { # part -> builds the part's bins, sets PART_BIN and LOAD_BIN
+    local part=$1 crate
+    crate=$(part_crate "$part")
+    say "building $crate ($PROFILE)"
+    # shellcheck disable=SC2046 # the flag is one word or none
+    (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p "$crate" --bins) || die "building $crate failed"
+    PART_BIN=$ROOT/target/$PROFILE/$part-server
+    LOAD_BIN=$ROOT/target/$PROFILE/$part-load
+    [[ -x $LOAD_BIN ]] ||
+        die "$part-load is missing from target/$PROFILE: it loads $part's dataset before the clones start. Build it with: cargo build $(cargo_profile_flag) -p $crate --bin $part-load"
+}
+
+# Loads the part's dataset (idempotent: a no-op when that scale is loaded).
+run_load() { # part
+    say "$1-load: the dataset (LOAD_DATASET=${LOAD_DATASET:-default})"
+    (cd "$ROOT" && "$LOAD_BIN") || die "$1-load failed (its output is above)"
+}
+
+# The variant: a value given on this command line wins, then the one the
+# tier was started with (app.env), then .env and the binary's default.
+# Written back, so the next `start cloneN`, `up partN` or `roll` reuses it.
+declare -A VARIANT=()
+remember_variant() {
+    local line v
+    VARIANT=()
+    if [[ -f $RUN/app.env ]]; then
+        while IFS= read -r line; do
+            [[ $line == *=* ]] && VARIANT[${line%%=*}]=${line#*=}
+        done <"$RUN/app.env"
+    fi
+    for v in "${!EXPLICIT[@]}"; do VARIANT[$v]=${EXPLICIT[$v]}; done
+    mkdir -p "$RUN"
+    : >"$RUN/app.env"
+    for v in "${VARIANT_VARS[@]}"; do
+        [[ -v VARIANT[$v] ]] && echo "$v=${VARIANT[$v]}" >>"$RUN/app.env"
+    done
+    return 0
+}
+variant_words() { # "SESSIONS=memory READS=naive" or "default"
+    local words
+    words=$(paste -sd' ' "$RUN/app.env" 2>/dev/null)
+    echo "${words:-default}"
+}
+
+app_build() { cat "$RUN/app.build" 2>/dev/null || echo "${LAB_BUILD:-dev}"; }
+
+start_clone() {
+    local name=$1 v env=()
+    [[ -f $RUN/app.bin ]] || die "no app tier has been started: ./lab up part1 (or part2)"
+    remember_variant
+    for v in "${!VARIANT[@]}"; do env+=("$v=${VARIANT[$v]}"); done
+    # The same binary and configuration for every clone, as from one image;
+    # only the id and port differ.
+    spawn "$name" env "${env[@]}" CLONE_ID="$name" PORT="$(port_of "$name")" LAB_BUILD="$(app_build)" \
+        "$(cat "$RUN/app.bin")"
+    {
+        echo "part=$(cat "$RUN/app.part")"
+        echo "variant=$(variant_words)"
+        echo "build=$(app_build)"
+        echo "profile=$(basename "$(dirname "$(cat "$RUN/app.bin")")")"
+    } >"$RUN/$name.info"
+}
+
+clone_field() { # clone field
+    sed -n "s/^$2=//p" "$RUN/$1.info" 2>/dev/null
+}
+clone_info() { # for ./lab status
+    [[ -f $RUN/$1.info ]] || return 0
+    printf '%s  %s  (%s build)' "$(clone_field "$1" part)" "$(clone_field "$1" variant)" "$(clone_field "$1" profile)"
+}
+
+app_services() {
+    local n i
+    n=$(cat "$RUN/app.clones" 2>/dev/null || echo 0)
+    [[ -f $RUN/app.part ]] || return 0
+    for ((i = 1; i <= n; i++)); do echo "clone$i"; done
+    echo haproxy
+}
+
+# HAProxy's own view of a clone, from its stats page (CSV): UP once a
+# health check passed, so it routes to it.
+haproxy_sees_up() { # clone
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$HAPROXY_STATS_PORT" || exit 1
+        printf 'GET /;csv HTTP/1.0\r\nHost: lab\r\n\r\n' >&3
+        timeout 2 cat <&3
+    ) 2>/dev/null | awk -F, -v s="$1" '$1 == "clones" && $2 == s { found = ($18 == "UP") } END { exit !found }'
+}
+
+# Restarts one clone as the tier now is (binary, variant, build) and waits
+# until HAProxy routes to it again, so the next one can go: the tier never
+# has more than one clone down, and sessions (in Redis) survive.
+replace_clone() { # clone
+    local name=$1 i
+    stop_one "$name"
+    STARTED=()
+    launch "$name"
+    wait_service "$name"
+    running haproxy || return 0
+    for ((i = 0; i < DEADLINE * 10; i++)); do
+        haproxy_sees_up "$name" && return 0
+        sleep 0.1
+    done
+    die "HAProxy does not route to $name ${DEADLINE}s after it started: ./lab logs $name"
+}
+
+# Does the running clone match the tier as it should now be?
+clone_current() { # clone
+    running "$1" &&
+        [[ $(clone_field "$1" part) == "$(cat "$RUN/app.part")" ]] &&
+        [[ $(clone_field "$1" variant) == "$(variant_words)" ]] &&
+        [[ $(clone_field "$1" profile) == "$PROFILE" ]]
+}
+
+app_up() {
+    local part=$1 i n old
+    # Part 2's first load takes about a minute at the default scale.
+    [[ $part != part2 ]] || local DEADLINE=$((DEADLINE > 300 ? DEADLINE : 300))
+    app_binary "$part"
+    run_load "$part"
+    mkdir -p "$RUN"
+    old=$(cat "$RUN/app.clones" 2>/dev/null || echo 0)
+    echo "$PART_BIN" >"$RUN/app.bin"
+    echo "$part" >"$RUN/app.part"
+    echo "$CLONES" >"$RUN/app.clones"
+    remember_variant
+    STARTED=()
+    if running haproxy; then
+        # A tier is serving: replace what differs one clone at a time.
+        for ((i = 1; i <= CLONES; i++)); do
+            clone_current "clone$i" && continue
+            replace_clone "clone$i"
+            say "clone$i now runs $part ($(variant_words))"
+        done
+    else
+        for ((i = 1; i <= CLONES; i++)); do
+            clone_current "clone$i" || { stop_one "clone$i" && launch "clone$i"; }
+        done
+        launch haproxy
+        for ((i = 1; i <= CLONES; i++)); do wait_service "clone$i"; done
+        wait_service haproxy
+    fi
+    for ((i = CLONES + 1; i <= old; i++)); do
+        stop_one "clone$i"
+        rm -f "$RUN/clone$i.info"
+    done
+    # HAProxy routes only once its first health checks pass.
+    for ((i = 0; i < DEADLINE * 10; i++)); do
+        if http_ok "$(port_of haproxy)" /health; then
+            say "$part's app tier: $CLONES clones ($(variant_words), $PROFILE build) behind HAProxy :$(port_of haproxy)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "HAProxy never answered GET /health with 200: see ./lab logs haproxy and ./lab logs clone1"
+}
+
+cmd_roll() {
+    [[ -f $RUN/app.part ]] || die "no app tier is running: start one with ./lab up part1"
+    local part build n i
+    part=$(cat "$RUN/app.part")
+    n=$(cat "$RUN/app.clones")
+    build=${1:-build-$(date +%Y%m%d-%H%M%S)}
+    app_binary "$part"
+    echo "$PART_BIN" >"$RUN/app.bin"
+    echo "$build" >"$RUN/app.build"
+    remember_variant
+    for ((i = 1; i <= n; i++)); do
+        # SIGTERM: the clone finishes its requests in flight; HAProxy retries
+        # new ones on the others until the clone is back.
+        replace_clone "clone$i"
+        say "clone$i now runs $build ($(variant_words))"
+    done
+    say "rolled $n clones to $build"
+}
+
+# ---------------------------------------------------------------- tour, test, bench
+
+# What the results files record so a run can be reproduced.
+export_provenance() {
+    local rev
+    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    [[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || rev+=-dirty
+    export LAB_GIT_REV=$rev LAB_PROFILE=$PROFILE
+}
+
+DEMOS=(part1-clones:part1-demo part2-database:part2-demo part3-cache:part3-demo part4-async:part4-demo)
+
+cmd_tour() {
+    local only="" repeat=${DEMO_REPEAT:-1} entry crate bin n t0=$SECONDS
+    while (($#)); do
+        case $1 in
+        --repeat)
+            repeat=${2:?usage: ./lab tour [partN] [--repeat N]}
+            shift 2
+            ;;
+        --repeat=*)
+            repeat=${1#--repeat=}
+            shift
+            ;;
+        part[1-4])
+            only=$1
+            shift
+            ;;
+        *) die "usage: ./lab tour [partN] [--repeat N]" ;;
+        esac
+    done
+    [[ $repeat =~ ^[1-9][0-9]*$ ]] || die "--repeat takes a whole number of runs, not '$repeat'"
+    export DEMO_REPEAT=$repeat
+    export_provenance
+    cmd_up
+    say "building the demos ($PROFILE)"
+    # shellcheck disable=SC2046 # the flag is one word or none
+    (cd "$ROOT" && cargo build -q $(cargo_profile_flag) --workspace --bins)
+    mkdir -p "$ROOT/target/lab/results"
+    for entry in "${DEMOS[@]}"; do
+        crate=${entry%%:*} bin=${entry##*:} n=${bin%%-*}
+        [[ -z $only || $only == "$n" ]] || continue
+        say "$crate (x$repeat)"
+        rm -f "$ROOT/target/lab/results/$n.json"
+        (cd "$ROOT" && "$ROOT/target/$PROFILE/$bin") || die "$bin failed (its output is above)"
+    done
+    (cd "$ROOT" && "$ROOT/target/$PROFILE/lab-report")
+    say "tour done in $(((SECONDS - t0) / 60))m $(((SECONDS - t0) % 60))s (revision $LAB_GIT_REV, $PROFILE, --repeat $repeat)"
+}
+
+cmd_test() {
+    # Debug: the build cargo test makes anyway, so nothing is built twice.
+    PROFILE=debug
+    export LAB_PROFILE=debug
+    cmd_up
+    cd "$ROOT" || die "cannot cd to $ROOT"
+    say "cargo fmt --check"
+    cargo fmt --all -- --check
+    say "cargo clippy"
+    cargo clippy -q --workspace --all-targets -- -D warnings
+    say "cargo doc"
+    RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps --workspace
+    say "shellcheck"
+    # -x follows every `.`: each lab.d/*.sh is checked as it runs, sourced
+    # by lab (alone, its variables would look unused).
+    shellcheck -x lab
+    say "cargo build (debug bins)"
+    cargo build -q --workspace --bins
+    say "shell self-test"
+    selftest
+    say "cargo test"
+    cargo test --workspace --all-targets
+    say "docker-compose config"
+    local profile
+    docker-compose -f docker-compose.yml config -q
+    for profile in part1 part2; do
+        docker-compose -f docker-compose.yml --profile "$profile" config -q
+    done
+    say "all checks passed"
+}
+
+cmd_bench() {
+    local only=${1:-}
+    export_provenance
+    cmd_up
+    cd "$ROOT" || die "cannot cd to $ROOT"
+    if [[ -n $only ]]; then
+        cargo bench -p benches --bench "$only"
+    else
+        cargo bench -p benches
+    fi
+}

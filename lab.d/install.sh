@@ -1,0 +1,91 @@
+# shellcheck shell=bash
+# lab.d/install.sh: what the lab needs on the machine. Debian's packages
+# (installed once, --no-install-recommends) and the MongoDB-wire server
+# from PyPI, pinned; and the versions.json the results files quote.
+# Sourced by ./lab.
+
+# The MongoDB-wire server's version, pinned: the docs quote its figures.
+SECANTUS_VERSION=0.7.0b3
+
+SUDO=""
+[[ $(id -u) == 0 ]] || SUDO=sudo
+APT_UPDATED=""
+apt_install() {
+    if [[ -z $APT_UPDATED ]]; then
+        say "apt-get update"
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+    say "installing $*"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+RABBIT_SBIN=""
+find_rabbit() {
+    local d
+    for d in /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin; do
+        [[ -x $d/rabbitmq-server ]] && RABBIT_SBIN=$d
+    done
+    [[ -n $RABBIT_SBIN ]]
+}
+
+install() {
+    local missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v memcached >/dev/null || missing+=(memcached)
+    command -v mariadbd >/dev/null || missing+=(mariadb-server)
+    command -v mariadb >/dev/null || missing+=(mariadb-client)
+    find_rabbit || missing+=(rabbitmq-server)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v docker-compose >/dev/null || missing+=(docker-compose)
+    command -v python3 >/dev/null || missing+=(python3 python3-venv)
+    # For `./lab test` (shellcheck) and the balancer measurement (wrk).
+    command -v shellcheck >/dev/null || missing+=(shellcheck)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
+    find_rabbit || die "rabbitmq-server is installed but its sbin directory was not found under /usr/lib/rabbitmq/lib"
+
+    # Debian has no MongoDB server: SecantusDB speaks its wire protocol.
+    if [[ $(secantus_version) != "$SECANTUS_VERSION" ]]; then
+        say "installing SecantusDB $SECANTUS_VERSION (MongoDB-wire server) into $TOOLS/venv"
+        mkdir -p "$TOOLS"
+        if [[ ! -x $TOOLS/venv/bin/pip ]] && ! python3 -m venv "$TOOLS/venv" 2>/dev/null; then
+            apt_install python3-venv
+            python3 -m venv "$TOOLS/venv"
+        fi
+        "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check "SecantusDB==$SECANTUS_VERSION"
+    fi
+}
+
+secantus_version() {
+    "$TOOLS/venv/bin/pip" show SecantusDB 2>/dev/null | awk '/^Version/{print $2}'
+}
+
+versions_json() {
+    local rabbit=${RABBIT_SBIN%/sbin}
+    rabbit=${rabbit##*rabbitmq_server-}
+    printf '{\n'
+    printf '  "redis": "%s",\n' "$(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p')"
+    printf '  "memcached": "%s",\n' "$(memcached -V | awk '{print $2}')"
+    printf '  "mariadb": "%s",\n' "$(mariadbd --version | sed -n 's/.*Ver \([0-9.]*\)-MariaDB.*/\1/p')"
+    printf '  "rabbitmq": "%s",\n' "$rabbit"
+    printf '  "mongo-wire": "SecantusDB %s",\n' "$(secantus_version)"
+    printf '  "haproxy": "%s",\n' "$(haproxy -v | awk 'NR==1{print $3}')"
+    printf '  "nginx": "%s"\n' "$(nginx -v 2>&1 | sed 's|.*nginx/||')"
+    printf '}\n'
+}
+
+version_of() {
+    local key=$1
+    case $key in
+    mariadb-*) key=mariadb ;;
+    mongo) key=mongo-wire ;;
+    clone*)
+        clone_field "$key" build
+        return
+        ;;
+    esac
+    sed -n "s/^  \"$key\": \"\(.*\)\",\{0,1\}$/\1/p" "$LAB/versions.json" 2>/dev/null
+}

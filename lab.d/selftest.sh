@@ -1,0 +1,133 @@
+# shellcheck shell=bash
+# lab.d/selftest.sh: the shell phase of `./lab test`. Each check drives
+# ./lab itself as a learner types it and prints one line; the first that
+# fails stops the run with what it saw. It restarts Redis and the app tier,
+# so it runs from `./lab test`, never beside another suite.
+# Sourced by ./lab.
+
+check() { printf '  \033[32mok\033[0m  %s\n' "$*" >&2; }
+fail() { die "self-test: $*"; }
+
+# Runs ./lab as the learner does, quietly unless it fails.
+lab_cmd() {
+    local out
+    out=$("$ROOT/lab" "$@" 2>&1) || {
+        printf '%s\n' "$out" >&2
+        return 1
+    }
+}
+
+# An HTTP status from curl ("000" when no answer came at all).
+http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@" || true; }
+
+selftest() {
+    local t0=$SECONDS
+    selftest_haproxy_template
+    selftest_redis_persists
+    selftest_recovery_loop
+
+    # The slow-header check waits for HAProxy's timeout: it runs beside
+    # the next ones (HAProxy stays up while the clones change) and is
+    # collected at the end.
+    local slow_result slow_pid
+    slow_result=$(mktemp)
+    selftest_slow_headers >"$slow_result" 2>&1 &
+    slow_pid=$!
+
+    selftest_switch_part
+    selftest_edge_413
+
+    wait "$slow_pid" || {
+        cat "$slow_result" >&2
+        rm -f "$slow_result"
+        fail "HAProxy did not cut a client that trickles its headers"
+    }
+    cat "$slow_result" >&2
+    rm -f "$slow_result"
+    check "self-test done in $((SECONDS - t0))s"
+}
+
+selftest_haproxy_template() {
+    diff -u "$ROOT/compose/haproxy.cfg" <(render_haproxy compose) >&2 ||
+        fail "compose/haproxy.cfg differs from lab.d/haproxy.cfg.in's rendering: ./lab haproxy-cfg compose > compose/haproxy.cfg"
+    check "compose/haproxy.cfg is the rendering of lab.d/haproxy.cfg.in"
+    local f
+    f=$(mktemp)
+    render_haproxy lab >"$f"
+    haproxy -c -q -f "$f" || fail "HAProxy refuses the lab's rendering: $f"
+    rm -f "$f"
+    check "HAProxy accepts the rendered config"
+}
+
+selftest_redis_persists() {
+    local key value got
+    key=lab:selftest:$RANDOM$RANDOM value=kept-$RANDOM
+    redis-cli -p "$(port_of redis)" SET "$key" "$value" EX 600 >/dev/null || fail "redis SET failed: is Redis up? ./lab up"
+    lab_cmd stop redis || fail "./lab stop redis failed"
+    lab_cmd start redis || fail "./lab start redis failed"
+    got=$(redis-cli -p "$(port_of redis)" GET "$key")
+    redis-cli -p "$(port_of redis)" DEL "$key" >/dev/null
+    [[ $got == "$value" ]] || fail "Redis lost a key across ./lab stop redis; ./lab start redis (got '$got')"
+    check "Redis keeps its data across a restart (append-only file)"
+}
+
+# The kill drill's recovery step, which once failed one time in three.
+selftest_recovery_loop() {
+    local round pid
+    lab_cmd up part1 || fail "./lab up part1 failed"
+    for round in 1 2 3 4 5 6 7 8; do
+        pid=$(pid_of clone2) || fail "no pid file for clone2 after ./lab up part1"
+        kill -KILL "$pid"
+        lab_cmd up part1 || fail "round $round: ./lab up part1 right after SIGKILL of clone2 failed"
+        http_ok "$(port_of clone2)" /health || fail "round $round: clone2 does not answer /health after ./lab up part1"
+    done
+    check "8 rounds of SIGKILL clone2 + ./lab up part1 all recover"
+}
+
+selftest_switch_part() {
+    local i status
+    lab_cmd up part2 || fail "./lab up part2 after part1 failed"
+    for ((i = 1; i <= CLONES; i++)); do
+        [[ $(clone_field "clone$i" part) == part2 ]] || fail "clone$i still runs $(clone_field "clone$i" part) after ./lab up part2"
+    done
+    local table
+    table=$("$ROOT/lab" status || true) # its exit code is about other services
+    [[ $table =~ (^|$'\n')clone1\ [^$'\n']*\ part2\  ]] || fail "./lab status does not say clone1 runs part2: $table"
+    # Every clone answers a part 2 route (round robin: as many tries as clones).
+    for ((i = 1; i <= CLONES; i++)); do
+        status=$(http_status "http://127.0.0.1:$(port_of haproxy)/users/user1")
+        [[ $status == 200 ]] || fail "GET /users/user1 (a part 2 route) through HAProxy answered $status after ./lab up part2"
+    done
+    check "./lab up part2 after part1 leaves only part 2 clones, and status says so"
+}
+
+selftest_edge_413() {
+    local body status limit=${MAX_AVATAR_BYTES:-262144}
+    body=$(mktemp)
+    head -c $((limit * 4)) /dev/zero >"$body"
+    # `Expect:` (empty) stops curl sending Expect: 100-continue, as many
+    # clients do not.
+    status=$(http_status -X PUT -H 'Expect:' -H 'Content-Type: image/png' --data-binary "@$body" \
+        "http://127.0.0.1:$(port_of haproxy)/me/avatar")
+    rm -f "$body"
+    [[ $status == 413 ]] || fail "an oversized avatar through HAProxy answered $status, not 413"
+    check "an oversized avatar without Expect: 100-continue gets its 413 through HAProxy"
+}
+
+# A client that sends part of its headers and then nothing: HAProxy's
+# `timeout http-request` must close it (408).
+selftest_slow_headers() {
+    local deadline=$((SECONDS + 30)) line=""
+    exec 4<>"/dev/tcp/127.0.0.1/$(port_of haproxy)" || fail "HAProxy is not listening"
+    printf 'GET /health HTTP/1.1\r\nHost: lab\r\n' >&4
+    local rc
+    while ((SECONDS < deadline)); do
+        # read -t: 0 with a line (HAProxy's 408), >128 on timeout (still
+        # open), 1 at end of file (closed without a word).
+        if IFS= read -r -t 1 line <&4; then break; else rc=$?; fi
+        ((rc > 128)) || break
+    done
+    exec 4>&-
+    ((SECONDS < deadline)) || fail "a connection with unfinished headers was still open after 30s"
+    check "HAProxy cut a client with unfinished headers (${line:-closed})"
+}
