@@ -15,7 +15,8 @@ part_crate() {
     case $1 in
     part1) echo part1-clones ;;
     part2) echo part2-database ;;
-    part3 | part4) die "$1's app tier is not built yet: see its issue. Parts with an app tier: part1, part2." ;;
+    part3) echo part3-cache ;;
+    part4) die "$1's app tier is not built yet: see its issue. Parts with an app tier: part1, part2, part3." ;;
     *) die "unknown part '$1': use part1, part2, part3 or part4" ;;
     esac
 }
@@ -30,15 +31,24 @@ app_binary() { # part -> builds the part's bins, sets PART_BIN and LOAD_BIN
     # shellcheck disable=SC2046 # the flag is one word or none
     (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p "$crate" --bins) || die "building $crate failed"
     PART_BIN=$ROOT/target/$PROFILE/$part-server
-    LOAD_BIN=$ROOT/target/$PROFILE/$part-load
+    local loader=$part load_crate=$crate
+    # Part 3 serves part 2's dataset: part2-load loads it, as for part 2.
+    if [[ $part == part3 ]]; then
+        loader=part2 load_crate=part2-database
+        # shellcheck disable=SC2046 # the flag is one word or none
+        (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p part2-database --bin part2-load) || die "building part2-load failed"
+    fi
+    LOAD_BIN=$ROOT/target/$PROFILE/$loader-load
     [[ -x $LOAD_BIN ]] ||
-        die "$part-load is missing from target/$PROFILE: it loads $part's dataset before the clones start. Build it with: cargo build $(cargo_profile_flag) -p $crate --bin $part-load"
+        die "$loader-load is missing from target/$PROFILE: it loads $part's dataset before the clones start. Build it with: cargo build $(cargo_profile_flag) -p $load_crate --bin $loader-load"
 }
 
 # Loads the part's dataset (idempotent: a no-op when that scale is loaded).
 run_load() { # part
-    say "$1-load: the dataset (LOAD_DATASET=${LOAD_DATASET:-default})"
-    (cd "$ROOT" && "$LOAD_BIN") || die "$1-load failed (its output is above)"
+    local loader
+    loader=$(basename "$LOAD_BIN")
+    say "$loader: $1's dataset (LOAD_DATASET=${LOAD_DATASET:-default})"
+    (cd "$ROOT" && "$LOAD_BIN") || die "$loader failed (its output is above)"
 }
 
 # The variant: a value given on this command line wins, then the one the
@@ -71,7 +81,7 @@ app_build() { cat "$RUN/app.build" 2>/dev/null || echo "${LAB_BUILD:-dev}"; }
 
 start_clone() {
     local name=$1 v env=()
-    [[ -f $RUN/app.bin ]] || die "no app tier has been started: ./lab up part1 (or part2)"
+    [[ -f $RUN/app.bin ]] || die "no app tier has been started: ./lab up part1 (or part2, part3)"
     remember_variant
     for v in "${!VARIANT[@]}"; do env+=("$v=${VARIANT[$v]}"); done
     # The same binary and configuration for every clone, as from one image;
@@ -140,7 +150,7 @@ clone_current() { # clone
 app_up() {
     local part=$1 i n old
     # Part 2's first load takes about a minute at the default scale.
-    [[ $part != part2 ]] || local DEADLINE=$((DEADLINE > 300 ? DEADLINE : 300))
+    [[ $part != part2 && $part != part3 ]] || local DEADLINE=$((DEADLINE > 300 ? DEADLINE : 300))
     app_binary "$part"
     run_load "$part"
     mkdir -p "$RUN"
@@ -150,6 +160,15 @@ app_up() {
     echo "$CLONES" >"$RUN/app.clones"
     remember_variant
     STARTED=()
+    if ((old != CLONES)) && running haproxy; then
+        # Another clone count: HAProxy's server list changes. Its master
+        # (-W) re-reads the config on SIGUSR2 and hands over without
+        # dropping connections.
+        render_haproxy lab >"$DATA/haproxy/haproxy.cfg"
+        haproxy -c -q -f "$DATA/haproxy/haproxy.cfg" || die "HAProxy refused its config: $DATA/haproxy/haproxy.cfg"
+        kill -USR2 "$(pid_of haproxy)"
+        say "HAProxy reloaded with $CLONES clones"
+    fi
     if running haproxy; then
         # A tier is serving: replace what differs one clone at a time.
         for ((i = 1; i <= CLONES; i++)); do
@@ -159,7 +178,10 @@ app_up() {
         done
     else
         for ((i = 1; i <= CLONES; i++)); do
-            clone_current "clone$i" || { stop_one "clone$i" && launch "clone$i"; }
+            if ! clone_current "clone$i"; then
+                stop_one "clone$i"
+                launch "clone$i"
+            fi
         done
         launch haproxy
         for ((i = 1; i <= CLONES; i++)); do wait_service "clone$i"; done
@@ -230,7 +252,7 @@ cmd_tour() {
         *) die "usage: ./lab tour [partN] [--repeat N]" ;;
         esac
     done
-    [[ $repeat =~ ^[1-9][0-9]*$ ]] || die "--repeat takes a whole number of runs, not '$repeat'"
+    [[ $repeat =~ ^[1-9][0-9]*$ ]] && ((repeat <= 20)) || die "--repeat takes a whole number of runs from 1 to 20, not '$repeat'"
     export DEMO_REPEAT=$repeat
     export_provenance
     cmd_up

@@ -118,7 +118,7 @@ alive() {
 running() { alive "$1" && port_open "$(port_of "$1")"; }
 
 # Microseconds since the epoch, and a duration since one in seconds to 0.1 s.
-now_us() { echo "${EPOCHREALTIME/./}"; }
+now_us() { echo "${EPOCHREALTIME//[!0-9]/}"; }
 since() { # start_us -> "1.3"
     local d=$(($(now_us) - $1))
     printf '%d.%d' $((d / 1000000)) $((d % 1000000 / 100000))

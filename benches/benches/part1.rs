@@ -35,7 +35,12 @@ fn sessions(c: &mut Criterion) {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let redis = connect_redis(&stack.redis_url).await.unwrap();
-        let pool = connect_database(&stack.mariadb_primary_url).await.unwrap();
+        let pool = connect_database(
+            &stack.mariadb_primary_url,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         (raw, redis, pool)
     });
     let memory = MemorySessions::new(EXPIRY);

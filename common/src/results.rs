@@ -442,13 +442,6 @@ impl PartResults {
         self.push(kind, comparison, name, runs, unit, shows);
     }
 
-    /// The old, untyped way to add a figure. It cannot say what kind of
-    /// number it records, so it records `Kind::Measured`.
-    #[deprecated(note = "say the figure's kind: measured(), computed() or modelled()")]
-    pub fn figure(&mut self, comparison: &str, name: &str, value: f64, unit: &str, shows: &str) {
-        self.measured(comparison, name, value, unit, shows);
-    }
-
     /// Adds a load run's throughput, p50 and p99 and error count, named
     /// `"<name>: throughput"` and so on, under one comparison; measured.
     pub fn load_figures(&mut self, comparison: &str, report: &LoadReport) {

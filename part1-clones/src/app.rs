@@ -80,9 +80,13 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 /// Part 1's JSON routes (credentials, a cart item): small by nature.
 pub const JSON_LIMIT: usize = 4 * 1024;
 
-/// At most this many `sid` cookies of one request are looked up: enough
-/// for a planted one beside the real one, not a lookup storm.
-pub const MAX_SID_COOKIES: usize = 4;
+/// At most this many `sid` cookies of one request are looked up. A few
+/// would cover one planted cookie beside the real one, but a planter can
+/// plant several (and a cookie with a longer `Path` is sent first), so the
+/// cap sits near what a browser keeps for one site (about 50), while
+/// still bounding the lookups a hostile request can cause. Duplicates are
+/// looked up once.
+pub const MAX_SID_COOKIES: usize = 32;
 
 /// What every request handler shares.
 pub struct AppState<S> {
@@ -253,8 +257,12 @@ fn session_cookies(headers: &HeaderMap) -> Vec<SessionId> {
         .filter_map(|pair| pair.trim().split_once('='))
         .filter(|(name, _)| *name == COOKIE_NAME)
         .filter_map(|(_, value)| SessionId::parse(value.trim()))
-        .take(MAX_SID_COOKIES)
-        .collect()
+        .fold(Vec::new(), |mut ids, id| {
+            if ids.len() < MAX_SID_COOKIES && !ids.contains(&id) {
+                ids.push(id);
+            }
+            ids
+        })
 }
 
 tokio::task_local! {
@@ -599,11 +607,11 @@ pub struct Application {
 }
 
 /// Connects to the user database and runs the migrations.
-pub async fn connect_database(url: &str) -> anyhow::Result<MySqlPool> {
+pub async fn connect_database(url: &str, acquire: Duration) -> anyhow::Result<MySqlPool> {
     use anyhow::Context;
     let pool = MySqlPoolOptions::new()
         .max_connections(16)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(acquire)
         .connect(url)
         .await
         .with_context(|| {
@@ -666,7 +674,8 @@ impl Application {
     /// The same, with a later part's routes and hooks added.
     pub async fn build_with<P: AppPart>(config: ServerConfig, part: P) -> anyhow::Result<Self> {
         // The dataset is loaded by `part1-load` before clones start, never here.
-        let pool = connect_database(&config.stack.mariadb_primary_url).await?;
+        let acquire = Duration::from_millis(config.db_acquire_timeout_ms.max(1));
+        let pool = connect_database(&config.stack.mariadb_primary_url, acquire).await?;
         let redis = connect_redis(&config.stack.redis_url).await?;
         let expiry = Expiry {
             idle: Duration::from_secs(config.session_idle_secs),
@@ -859,9 +868,16 @@ mod tests {
         );
         h.append(COOKIE, format!("sid={}", b.as_str()).parse().unwrap());
         assert_eq!(session_cookies(&h), vec![a.clone(), b]);
-        let mut many = HeaderMap::new();
+        // The same id many times is looked up once; distinct ids up to the cap.
+        let mut same = HeaderMap::new();
         let all = vec![format!("sid={}", a.as_str()); 10].join("; ");
-        many.append(COOKIE, all.parse().unwrap());
+        same.append(COOKIE, all.parse().unwrap());
+        assert_eq!(session_cookies(&same), vec![a]);
+        let mut many = HeaderMap::new();
+        let all: Vec<String> = (0..MAX_SID_COOKIES + 5)
+            .map(|_| format!("sid={}", SessionId::generate().as_str()))
+            .collect();
+        many.append(COOKIE, all.join("; ").parse().unwrap());
         assert_eq!(session_cookies(&many).len(), MAX_SID_COOKIES);
     }
 }

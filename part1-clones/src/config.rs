@@ -18,6 +18,7 @@
 //! | `MAX_AVATAR_BYTES` | `--max-avatar-bytes` | `262144` |
 //! | `CART_MAX_ITEMS` | `--cart-max-items` | `100` |
 //! | `HEADER_READ_TIMEOUT_MS` | `--header-read-timeout-ms` | `10000` (slow headers are cut) |
+//! | `DB_ACQUIRE_TIMEOUT_MS` | `--db-acquire-timeout-ms` | `1000` (a stopped database fails a request this fast) |
 //! | `HASH_CONCURRENCY` | `--hash-concurrency` | `0` (= the number of cores) |
 //! | `LOGIN_FAILURES_PER_ACCOUNT` | `--login-failures-per-account` | `10` per window |
 //! | `LOGIN_FAILURES_PER_IP` | `--login-failures-per-ip` | `50` per window |
@@ -106,6 +107,12 @@ pub struct ServerConfig {
     /// connection, and its memory, for ever.
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// How long a query waits for a database connection (connecting
+    /// included) before the request fails with 503, in ms. A stopped
+    /// primary refuses connections and sqlx retries the connect until this
+    /// runs out, so it is how long a signup takes to fail then.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 1000)]
+    pub db_acquire_timeout_ms: u64,
     /// Password hashes computed at once (each Argon2id takes 19 MiB and a
     /// core); 0 means one per core. More would only queue on the cores and
     /// multiply the memory.

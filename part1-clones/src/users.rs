@@ -174,7 +174,7 @@ pub fn cores() -> usize {
 /// The hashing slots of a clone: a permit per slot, and the working
 /// memory the slots keep between hashes.
 struct Hashing {
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     memory: std::sync::Mutex<Vec<HashMemory>>,
 }
 
@@ -199,7 +199,7 @@ impl Users {
         Users {
             pool,
             hashing: Arc::new(Hashing {
-                slots: Semaphore::new(hashes),
+                slots: Arc::new(Semaphore::new(hashes)),
                 memory: std::sync::Mutex::new(Vec::new()),
             }),
         }
@@ -212,31 +212,37 @@ impl Users {
         &self,
         work: impl FnOnce(&mut HashMemory) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _slot = self
+        // The slot and the memory move into the blocking task and are given
+        // back by it: if the client hangs up and this future is dropped,
+        // the hash still runs to its end, and it must go on holding its
+        // slot, or a connect-post-disconnect loop would start unbounded
+        // hashes again.
+        let slot = self
             .hashing
             .slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let mut memory = self
-            .hashing
-            .memory
-            .lock()
-            .expect("hash memory lock")
-            .pop()
-            .unwrap_or_default();
-        let (memory, out) = tokio::task::spawn_blocking(move || {
+        let hashing = self.hashing.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut memory = hashing
+                .memory
+                .lock()
+                .expect("hash memory lock")
+                .pop()
+                .unwrap_or_default();
             let out = work(&mut memory);
-            (memory, out)
+            hashing
+                .memory
+                .lock()
+                .expect("hash memory lock")
+                .push(memory);
+            drop(slot);
+            out
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-        self.hashing
-            .memory
-            .lock()
-            .expect("hash memory lock")
-            .push(memory);
-        Ok(out)
+        .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     /// Creates a user; `Conflict` if the name is taken. The display name

@@ -93,7 +93,9 @@ const JOIN_SUMMARY: &str = "SELECT a.id, a.author_id, u.display_name AS author_n
 const DENORM_SUMMARY: &str = "SELECT a.id, a.author_id, a.author_name, a.title, a.published_at, \
      CAST(a.comment_count AS SIGNED) AS comment_count, CAST(a.like_count AS SIGNED) AS like_count FROM articles a";
 
-fn summary_sql(shape: Shape) -> &'static str {
+/// The select list and `FROM` of an article summary in this shape (a
+/// later part's query cache keys its results by the SQL they came from).
+pub fn summary_sql(shape: Shape) -> &'static str {
     match shape {
         Shape::Join => JOIN_SUMMARY,
         Shape::Denormalized => DENORM_SUMMARY,
@@ -124,6 +126,11 @@ pub async fn by_author<'e, E: Executor<'e, Database = MySql>>(
         .await
 }
 
+/// The statements of [`page`] after the summary (`WHERE a.id = ?`).
+pub const BODY_SQL: &str = "SELECT body FROM articles WHERE id = ?";
+/// The latest comments of an article.
+pub const COMMENTS_SQL: &str = "SELECT id, article_id, author_id, body, created_at FROM comments WHERE article_id = ? ORDER BY created_at DESC LIMIT ?";
+
 /// One article's page, or `None`.
 pub async fn page(pool: &MySqlPool, shape: Shape, id: u64) -> sqlx::Result<Option<ArticlePage>> {
     let sql = format!("{} WHERE a.id = ?", summary_sql(shape));
@@ -134,17 +141,15 @@ pub async fn page(pool: &MySqlPool, shape: Shape, id: u64) -> sqlx::Result<Optio
     else {
         return Ok(None);
     };
-    let body: String = sqlx::query_scalar("SELECT body FROM articles WHERE id = ?")
+    let body: String = sqlx::query_scalar(BODY_SQL)
         .bind(id)
         .fetch_one(pool)
         .await?;
-    let comments = sqlx::query_as(
-        "SELECT id, article_id, author_id, body, created_at FROM comments WHERE article_id = ? ORDER BY created_at DESC LIMIT ?",
-    )
-    .bind(id)
-    .bind(COMMENTS_SHOWN)
-    .fetch_all(pool)
-    .await?;
+    let comments = sqlx::query_as(COMMENTS_SQL)
+        .bind(id)
+        .bind(COMMENTS_SHOWN)
+        .fetch_all(pool)
+        .await?;
     Ok(Some(ArticlePage {
         summary,
         body,
@@ -351,19 +356,20 @@ pub async fn friends<'e, E: Executor<'e, Database = MySql>>(
         .await
 }
 
+/// The feed's JOIN (binds: the user, the limit).
+pub const FEED_SQL: &str = "SELECT a.id, a.author_id, a.author_name, a.title, a.published_at, CAST(a.comment_count AS SIGNED) AS comment_count, \
+     CAST(a.like_count AS SIGNED) AS like_count FROM friendships f JOIN articles a ON a.author_id = f.friend_id \
+     WHERE f.user_id = ? ORDER BY a.published_at DESC LIMIT ?";
+
 /// The feed by SQL JOIN: friends' latest articles, in one query.
 pub async fn feed_join<'e, E: Executor<'e, Database = MySql>>(
     db: E,
     user_id: u64,
     limit: u32,
 ) -> sqlx::Result<Vec<ArticleSummary>> {
-    sqlx::query_as(
-        "SELECT a.id, a.author_id, a.author_name, a.title, a.published_at, CAST(a.comment_count AS SIGNED) AS comment_count, \
-         CAST(a.like_count AS SIGNED) AS like_count FROM friendships f JOIN articles a ON a.author_id = f.friend_id \
-         WHERE f.user_id = ? ORDER BY a.published_at DESC LIMIT ?",
-    )
-    .bind(user_id)
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    sqlx::query_as(FEED_SQL)
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }

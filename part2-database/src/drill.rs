@@ -53,6 +53,12 @@ where
     Fut: Future<Output = anyhow::Result<T>>,
 {
     let mut lock = NamedLock::take(replica_admin, REPLICA_DRILL_LOCK).await?;
+    sqlx::query("STOP SLAVE SQL_THREAD")
+        .execute(lock.connection())
+        .await
+        .context("STOP SLAVE SQL_THREAD on the replica")?;
+    // Armed only once the break happened: a failed STOP must not "undo"
+    // anything (no await between the two, so no cancellation either).
     let pool = replica_admin.clone();
     let undo = Undo::new("START SLAVE SQL_THREAD", move || {
         Box::pin(async move {
@@ -60,10 +66,6 @@ where
             Ok(())
         })
     });
-    sqlx::query("STOP SLAVE SQL_THREAD")
-        .execute(lock.connection())
-        .await
-        .context("STOP SLAVE SQL_THREAD on the replica")?;
     let out = undo_always(undo, f).await;
     lock.release().await;
     out
@@ -141,6 +143,14 @@ where
     );
     let definition = index_definition(pool, table, index).await?;
     let restore = format!("ALTER TABLE `{table}` ADD {definition}");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE `{table}` DROP INDEX `{index}`"
+    )))
+    .execute(pool)
+    .await
+    .with_context(|| format!("dropping index {index} of {table}"))?;
+    // Armed only once the index is gone: a failed DROP must not add back
+    // an index this drill never removed.
     let undo_pool = pool.clone();
     let undo = Undo::new(restore.clone(), move || {
         Box::pin(async move {
@@ -150,12 +160,6 @@ where
             Ok(())
         })
     });
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER TABLE `{table}` DROP INDEX `{index}`"
-    )))
-    .execute(pool)
-    .await
-    .with_context(|| format!("dropping index {index} of {table}"))?;
     undo_always(undo, f).await
 }
 

@@ -157,7 +157,15 @@ struct Inner {
     seen: Mutex<VecDeque<(Instant, GtidPos)>>,
     /// Closed when the health task ends (see [`SplitPool::health_task_ended`]).
     task_alive: tokio::sync::watch::Receiver<()>,
+    /// Checks in a row in which the primary did not answer. One slow
+    /// answer (a busy primary's pool) is not a dead primary: only after
+    /// [`PRIMARY_DOWN_AFTER`] misses does a replica with a running SQL
+    /// thread count as the best copy left.
+    primary_misses: AtomicU64,
 }
+
+/// Missed primary checks in a row before the primary counts as down.
+const PRIMARY_DOWN_AFTER: u64 = 3;
 
 /// A primary and its replicas, with reads split off and fallback.
 #[derive(Clone)]
@@ -224,16 +232,19 @@ impl SplitPool {
             policy,
             seen: Mutex::new(VecDeque::new()),
             task_alive: alive_rx,
+            primary_misses: AtomicU64::new(0),
         });
         // The task holds a Weak: when the last SplitPool is dropped, the
         // next upgrade fails and the task ends (and drops `alive_tx`).
         let weak: Weak<Inner> = Arc::downgrade(&inner);
         tokio::spawn(async move {
             let _alive = alive_tx;
+            // The first check runs at once, so a replica that is already
+            // stale when the pool is built leaves rotation within one check.
             loop {
-                tokio::time::sleep(policy.interval).await;
                 let Some(inner) = weak.upgrade() else { break };
                 SplitPool { inner }.check_replicas().await;
+                tokio::time::sleep(policy.interval).await;
             }
         });
         SplitPool { inner }
@@ -258,6 +269,12 @@ impl SplitPool {
         .ok()
         .and_then(Result::ok)
         .map(|s| GtidPos::parse(&s));
+        let primary_down = if primary_pos.is_some() {
+            inner.primary_misses.store(0, Ordering::Relaxed);
+            false
+        } else {
+            inner.primary_misses.fetch_add(1, Ordering::Relaxed) + 1 >= PRIMARY_DOWN_AFTER
+        };
         if let Some(pos) = &primary_pos {
             let mut seen = inner.seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.back().is_none_or(|(_, last)| last != pos) {
@@ -279,7 +296,14 @@ impl SplitPool {
                 Ok(s) => {
                     let lag = primary_pos.as_ref().map(|_| self.lag_of(&s.pos, now));
                     reached.push(s.pos.clone());
-                    let (fresh, reason) = judge(&s, lag, primary_pos.is_some(), inner.policy);
+                    let (mut fresh, mut reason) = judge(&s, lag, primary_down, inner.policy);
+                    if fresh && lag.is_none() && !primary_down && !r.fresh.load(Ordering::Relaxed) {
+                        // The primary missed this check, so the lag is
+                        // unknown: a replica out of rotation stays out
+                        // until a check can measure that it caught up.
+                        fresh = false;
+                        reason = Some("its lag is unknown: the primary missed the check".into());
+                    }
                     (true, fresh, lag, reason)
                 }
             };
@@ -471,7 +495,7 @@ async fn replica_status(pool: &MySqlPool) -> Result<SlaveStatus, sqlx::Error> {
 fn judge(
     s: &SlaveStatus,
     lag: Option<Duration>,
-    primary_answers: bool,
+    primary_down: bool,
     policy: HealthPolicy,
 ) -> (bool, Option<String>) {
     let yes = |v: &Option<String>| v.as_deref() == Some("Yes");
@@ -487,7 +511,7 @@ fn judge(
             Some("its SQL thread is stopped: it applies no more writes".into()),
         );
     }
-    if !primary_answers {
+    if primary_down {
         // The IO thread cannot reach a dead primary either; what the
         // replica holds is the newest copy left.
         return (true, None);
@@ -699,20 +723,20 @@ mod tests {
     fn a_replica_is_in_rotation_only_when_replicating_within_the_bound() {
         let p = HealthPolicy::default();
         let ms = Duration::from_millis;
-        assert!(judge(&status("Yes", "Yes", Some(0)), Some(ms(10)), true, p).0);
-        assert!(!judge(&status("Yes", "No", Some(0)), Some(ms(0)), true, p).0);
-        assert!(!judge(&status("Connecting", "Yes", None), Some(ms(0)), true, p).0);
-        assert!(!judge(&status("Yes", "Yes", Some(0)), Some(ms(1500)), true, p).0);
-        assert!(!judge(&status("Yes", "Yes", Some(5)), Some(ms(0)), true, p).0);
+        assert!(judge(&status("Yes", "Yes", Some(0)), Some(ms(10)), false, p).0);
+        assert!(!judge(&status("Yes", "No", Some(0)), Some(ms(0)), false, p).0);
+        assert!(!judge(&status("Connecting", "Yes", None), Some(ms(0)), false, p).0);
+        assert!(!judge(&status("Yes", "Yes", Some(0)), Some(ms(1500)), false, p).0);
+        assert!(!judge(&status("Yes", "Yes", Some(5)), Some(ms(0)), false, p).0);
         // The primary is gone: the replica's copy is the newest there is.
-        assert!(judge(&status("Connecting", "Yes", None), None, false, p).0);
-        assert!(!judge(&status("Connecting", "No", None), None, false, p).0);
+        assert!(judge(&status("Connecting", "Yes", None), None, true, p).0);
+        assert!(!judge(&status("Connecting", "No", None), None, true, p).0);
         let not_a_replica = SlaveStatus {
             io_running: None,
             sql_running: None,
             seconds_behind: None,
             pos: GtidPos::default(),
         };
-        assert!(!judge(&not_a_replica, None, true, p).0);
+        assert!(!judge(&not_a_replica, None, false, p).0);
     }
 }

@@ -24,7 +24,7 @@
 //! Writes honour an `Idempotency-Key` header: the key is stored in the same
 //! transaction as the write, with the answer, so a retried request (a
 //! client or a balancer that did not see the first answer) gets the first
-//! answer back (`Idempotent-Replay: true`) and writes nothing.
+//! answer back (`Idempotent-Replayed: true`) and writes nothing.
 //!
 //! | route | does |
 //! |---|---|
@@ -49,7 +49,6 @@
 //! | `GTID_WAIT_MS` | `--gtid-wait-ms` | `1000` |
 //! | `REPLICA_MAX_LAG_MS` | `--replica-max-lag-ms` | `1000` |
 //! | `REPLICA_CHECK_MS` | `--replica-check-ms` | `500` |
-//! | `DB_ACQUIRE_TIMEOUT_MS` | `--db-acquire-timeout-ms` | `1000` |
 //!
 //! Ids have one spelling: decimal digits without a sign or leading zeros
 //! (`/articles/1`); `/articles/+1` and `/articles/001` get 400, so a cache
@@ -126,6 +125,34 @@ pub struct DataLayer {
     pub prefix: String,
     /// Redis, where pins live (shared by every clone).
     pub redis: redis::aio::ConnectionManager,
+    /// Told of every write after it commits (part 3's cache invalidates
+    /// here); part 2 itself sets none.
+    pub after_commit: Option<AfterCommit>,
+}
+
+/// A hook called after a write commits, with what it changed.
+pub type AfterCommit = Arc<dyn Fn(Committed) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What a committed write changed, for whoever keeps copies of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// An author posted an article.
+    Post {
+        /// The author's id.
+        author: u64,
+    },
+    /// An article got a comment or a like.
+    Article {
+        /// The article's id.
+        id: u64,
+    },
+    /// Two users became friends.
+    Friends {
+        /// One user's id and username.
+        a: (u64, String),
+        /// The other's.
+        b: (u64, String),
+    },
 }
 
 /// Part 2's server: part 1's flags, plus its own.
@@ -157,16 +184,19 @@ pub struct Part2Config {
     /// How often replicas are checked, in ms.
     #[arg(long, env = "REPLICA_CHECK_MS", default_value_t = 500)]
     pub replica_check_ms: u64,
-    /// How long a query waits for a database connection (connecting
-    /// included) before the request fails with 503, in ms.
-    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 1000)]
-    pub db_acquire_timeout_ms: u64,
 }
 
 /// Connects and binds. The schema and the dataset are `part2-load`'s job
 /// (a deploy step), not the server's.
 pub async fn build(config: Part2Config) -> anyhow::Result<part1_clones::app::Application> {
-    let acquire = Duration::from_millis(config.db_acquire_timeout_ms.max(1));
+    let data = data_layer(&config).await?;
+    part1_clones::app::Application::build_with(config.server, data).await
+}
+
+/// Part 2's data layer for this configuration, connected (a later part
+/// builds its server around it).
+pub async fn data_layer(config: &Part2Config) -> anyhow::Result<DataLayer> {
+    let acquire = Duration::from_millis(config.server.db_acquire_timeout_ms.max(1));
     let stack = &config.server.stack;
     // The data layer's own pools, with a short acquire timeout: a stopped
     // primary refuses connections, and sqlx retries the connect until this
@@ -186,12 +216,13 @@ pub async fn build(config: Part2Config) -> anyhow::Result<part1_clones::app::App
         gtid_wait: Duration::from_millis(config.gtid_wait_ms),
         prefix: config.server.key_prefix.clone(),
         redis,
+        after_commit: None,
     };
     tracing::info!(
         reads = config.reads.as_str(),
         shape = ?config.shape,
         replica_max_lag_ms = config.replica_max_lag_ms,
-        db_acquire_timeout_ms = config.db_acquire_timeout_ms,
+        db_acquire_timeout_ms = config.server.db_acquire_timeout_ms,
         "part 2's data layer"
     );
     println!(
@@ -199,9 +230,9 @@ pub async fn build(config: Part2Config) -> anyhow::Result<part1_clones::app::App
         config.reads.as_str(),
         config.shape.as_str(),
         config.replica_max_lag_ms,
-        config.db_acquire_timeout_ms
+        config.server.db_acquire_timeout_ms
     );
-    part1_clones::app::Application::build_with(config.server, data).await
+    Ok(data)
 }
 
 /// What a user's pin holds in `--reads gtid-wait` before the write's GTID
@@ -243,15 +274,20 @@ impl DataLayer {
             .await
     }
 
-    /// After a committed write, in `gtid-wait`: the pin becomes the GTID
-    /// to wait for. If Redis fails now, the pending pin stays, which sends
-    /// the user's reads to the primary: slower, still correct.
-    async fn pin_gtid(&self, user_id: u64, gtid: &str) {
-        if self.reads != Reads::GtidWait || gtid.is_empty() {
-            return;
-        }
-        if let Err(e) = self.set_pin(user_id, gtid).await {
-            tracing::warn!(error = %e, "could not store a write's GTID: the user reads from the primary");
+    /// After a committed write the pin is set again, so its window counts
+    /// from the commit; in `gtid-wait` it becomes the write's GTID to wait
+    /// for. If Redis fails now, the pin set before the write stays: in
+    /// `gtid-wait` that sends the user's reads to the primary (slower,
+    /// still correct); in `pin` its window is shorter by the write's time.
+    async fn repin(&self, user_id: u64, gtid: &str) {
+        let value = match self.reads {
+            Reads::Naive => return,
+            Reads::GtidWait if !gtid.is_empty() => gtid,
+            Reads::GtidWait => PENDING,
+            Reads::Pin => "1",
+        };
+        if let Err(e) = self.set_pin(user_id, value).await {
+            tracing::warn!(error = %e, "could not renew a write's pin after commit");
         }
     }
 
@@ -355,8 +391,11 @@ impl DataLayer {
     }
 }
 
-impl AppPart for DataLayer {
-    fn routes<S: SessionStore>(&self, app: Arc<AppState<S>>) -> Router {
+impl DataLayer {
+    /// Every route but the three pages a later part serves itself (part 3
+    /// caches `GET /articles/{id}`, `GET /users/{username}/friends` and
+    /// `GET /feed`): the writes, the article list and the profile.
+    pub fn routes_but_pages<S: SessionStore>(&self, app: Arc<AppState<S>>) -> Router {
         let ctx = Arc::new(Ctx {
             app,
             data: self.clone(),
@@ -368,16 +407,120 @@ impl AppPart for DataLayer {
                     .post(post_article::<S>)
                     .layer(DefaultBodyLimit::max(ARTICLE_BODY_LIMIT)),
             )
-            .route("/articles/{id}", get(article::<S>))
             .route("/articles/{id}/comments", post(comment::<S>))
             .route("/articles/{id}/likes", post(like::<S>))
             .route("/users/{username}", get(profile::<S>))
-            .route(
-                "/users/{username}/friends",
-                get(friends::<S>).post(befriend::<S>),
-            )
+            .route("/users/{username}/friends", post(befriend::<S>))
+            .with_state(ctx)
+    }
+
+    /// Tells the after-commit hook, if there is one.
+    async fn committed(&self, what: Committed) {
+        if let Some(hook) = &self.after_commit {
+            hook(what).await;
+        }
+    }
+
+    /// A user's id by username, read where the policy says; 404 if none.
+    pub async fn user_id(&self, viewer: Option<u64>, username: &str) -> Result<u64, ApiError> {
+        let name = username.to_owned();
+        self.read(viewer, move |p| {
+            let name = name.clone();
+            async move {
+                sqlx::query_scalar("SELECT id FROM users WHERE username = ?")
+                    .bind(name)
+                    .fetch_optional(&p)
+                    .await
+            }
+        })
+        .await?
+        .0
+        .ok_or_else(|| ApiError::NotFound(format!("no user {username}")))
+    }
+
+    /// An article's page (`None`: no such article), and where it was read.
+    pub async fn article(
+        &self,
+        viewer: Option<u64>,
+        id: u64,
+    ) -> Result<(Option<ArticlePage>, ReadFrom), ApiError> {
+        let shape = self.shape;
+        self.read(viewer, move |p| async move {
+            articles::page(&p, shape, id).await
+        })
+        .await
+    }
+
+    /// A page of a user's friends, and where it was read.
+    pub async fn friends_page(
+        &self,
+        viewer: Option<u64>,
+        user: u64,
+        limit: u32,
+        after: u64,
+    ) -> Result<(FriendsPage, ReadFrom), ApiError> {
+        self.read(viewer, move |p| async move {
+            load_friends_page(&p, user, limit, after).await
+        })
+        .await
+    }
+
+    /// A user's feed by the JOIN, and where it was read.
+    pub async fn feed(&self, user: u64) -> Result<(Vec<ArticleSummary>, ReadFrom), ApiError> {
+        self.read(Some(user), move |p| async move {
+            articles::feed_join(&p, user, FEED_LENGTH).await
+        })
+        .await
+    }
+}
+
+/// Articles a feed shows.
+pub const FEED_LENGTH: u32 = 20;
+
+/// A page of `user`'s friends with ids above `after`.
+pub async fn load_friends_page(
+    pool: &MySqlPool,
+    user: u64,
+    limit: u32,
+    after: u64,
+) -> sqlx::Result<FriendsPage> {
+    // Keyset paging: `friend_id > after` walks the primary key, so page
+    // 80 costs what page 1 costs, and a friend added meanwhile is neither
+    // skipped nor repeated (OFFSET would do both). One row more than the
+    // page says whether there is a next page.
+    let mut rows: Vec<Profile> = sqlx::query_as(FRIENDS_PAGE_SQL)
+        .bind(user)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await?;
+    let next = (rows.len() > limit as usize).then(|| {
+        rows.truncate(limit as usize);
+        rows.last().map_or(after, |p| p.id)
+    });
+    Ok(FriendsPage {
+        friends: rows,
+        next,
+    })
+}
+
+/// A page of friends (binds: the user, `after`, the limit + 1).
+pub const FRIENDS_PAGE_SQL: &str = "SELECT u.id, u.username, u.display_name, u.bio FROM friendships f JOIN users u ON u.id = f.friend_id \
+     WHERE f.user_id = ? AND f.friend_id > ? ORDER BY f.friend_id LIMIT ?";
+
+impl AppPart for DataLayer {
+    fn routes<S: SessionStore>(&self, app: Arc<AppState<S>>) -> Router {
+        let app2 = app.clone();
+        let ctx = Arc::new(Ctx {
+            app,
+            data: self.clone(),
+        });
+        Router::new()
+            .route("/articles/{id}", get(article::<S>))
+            .route("/users/{username}/friends", get(friends::<S>))
             .route("/feed", get(feed::<S>))
             .with_state(ctx)
+            .merge(self.routes_but_pages(app2))
     }
 
     /// A signup is a write: pin the new user, so their first reads on any
@@ -430,9 +573,22 @@ const DEADLOCK: u16 = 1213;
 /// ER_DUP_ENTRY.
 const DUPLICATE: u16 = 1062;
 
+/// A short digest of a write's content, stored beside its Idempotency-Key:
+/// the same key sent again with a different body is another request (409),
+/// not a repeat whose new content would be dropped silently.
+fn digest(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 /// An id as the one canonical spelling: `1`..=`i64::MAX` in decimal digits,
 /// no sign, no leading zero.
-fn parse_id(raw: &str) -> Result<u64, ApiError> {
+pub fn parse_id(raw: &str) -> Result<u64, ApiError> {
     let canonical =
         !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) && !raw.starts_with('0');
     canonical
@@ -451,7 +607,8 @@ fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
 
-fn username(raw: &str) -> Result<&str, ApiError> {
+/// A username from a path, or 400 (names are validated before any lookup).
+pub fn username(raw: &str) -> Result<&str, ApiError> {
     common::domain::validate_username(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(raw)
 }
@@ -507,20 +664,7 @@ impl<S: SessionStore> Ctx<S> {
     }
 
     async fn user_id(&self, viewer: Option<u64>, username: &str) -> Result<u64, ApiError> {
-        let name = username.to_owned();
-        self.data
-            .read(viewer, move |p| {
-                let name = name.clone();
-                async move {
-                    sqlx::query_scalar("SELECT id FROM users WHERE username = ?")
-                        .bind(name)
-                        .fetch_optional(&p)
-                        .await
-                }
-            })
-            .await?
-            .0
-            .ok_or_else(|| ApiError::NotFound(format!("no user {username}")))
+        self.data.user_id(viewer, username).await
     }
 
     /// A write of `user`: pin first, then one transaction holding the work
@@ -545,13 +689,16 @@ impl<S: SessionStore> Ctx<S> {
                 }
                 Err(e) => return Err(db_error(e)),
                 Ok(Written::Done((status, body), gtid)) => {
-                    self.data.pin_gtid(user, &gtid).await;
+                    // The window counts from the commit, not from the pin
+                    // set before it: a write that waited for a connection
+                    // or a lock must not leave its user a shorter window.
+                    self.data.repin(user, &gtid).await;
                     return Ok((status, Json(body)).into_response());
                 }
                 Ok(Written::Replay(status, body)) => {
                     let mut res = (status, Json(body)).into_response();
                     res.headers_mut()
-                        .insert("idempotent-replay", HeaderValue::from_static("true"));
+                        .insert("idempotent-replayed", HeaderValue::from_static("true"));
                     return Ok(res);
                 }
                 Ok(Written::KeyReused) => {
@@ -679,13 +826,7 @@ async fn article<S: SessionStore>(
 ) -> Result<Read<ArticlePage>, ApiError> {
     let id = parse_id(&raw)?;
     let viewer = ctx.viewer(&headers).await;
-    let shape = ctx.data.shape;
-    let (page, from) = ctx
-        .data
-        .read(viewer, move |p| async move {
-            articles::page(&p, shape, id).await
-        })
-        .await?;
+    let (page, from) = ctx.data.article(viewer, id).await?;
     page.map(|p| Read(p, from))
         .ok_or_else(|| ApiError::NotFound(format!("no article {id}")))
 }
@@ -763,35 +904,8 @@ async fn friends<S: SessionStore>(
     let after = q.after.unwrap_or(0);
     let viewer = ctx.viewer(&headers).await;
     let id = ctx.user_id(viewer, username(&raw)?).await?;
-    // Keyset paging: `friend_id > after` walks the primary key, so page
-    // 80 costs what page 1 costs, and a friend added meanwhile is neither
-    // skipped nor repeated (OFFSET would do both). One row more than the
-    // page says whether there is a next page.
-    let (mut rows, from): (Vec<Profile>, _) = ctx
-        .data
-        .read(viewer, move |p| async move {
-            sqlx::query_as(
-                "SELECT u.id, u.username, u.display_name, u.bio FROM friendships f JOIN users u ON u.id = f.friend_id \
-                 WHERE f.user_id = ? AND f.friend_id > ? ORDER BY f.friend_id LIMIT ?",
-            )
-            .bind(id)
-            .bind(after)
-            .bind(limit + 1)
-            .fetch_all(&p)
-            .await
-        })
-        .await?;
-    let next = (rows.len() > limit as usize).then(|| {
-        rows.truncate(limit as usize);
-        rows.last().map_or(after, |p| p.id)
-    });
-    Ok(Read(
-        FriendsPage {
-            friends: rows,
-            next,
-        },
-        from,
-    ))
+    let (page, from) = ctx.data.friends_page(viewer, id, limit, after).await?;
+    Ok(Read(page, from))
 }
 
 async fn feed<S: SessionStore>(
@@ -799,13 +913,7 @@ async fn feed<S: SessionStore>(
     headers: HeaderMap,
 ) -> Result<Read<Vec<ArticleSummary>>, ApiError> {
     let (_, s) = current(&ctx.app, &headers).await?;
-    let user = s.user_id;
-    let (v, from) = ctx
-        .data
-        .read(Some(user), move |p| async move {
-            articles::feed_join(&p, user, 20).await
-        })
-        .await?;
+    let (v, from) = ctx.data.feed(s.user_id).await?;
     Ok(Read(v, from))
 }
 
@@ -829,16 +937,22 @@ async fn post_article<S: SessionStore>(
     text("body", &a.body, 10_000)?;
     let user = s.user_id;
     let a = Arc::new(a);
-    ctx.write(&headers, user, "POST /articles".into(), || {
-        let a = a.clone();
-        Box::new(move |c: &mut MySqlConnection| {
-            Box::pin(async move {
-                let id = articles::post(&mut *c, user, &a.title, &a.body, now()).await?;
-                Ok((StatusCode::CREATED, serde_json::json!({ "id": id })))
+    let request = format!("POST /articles {}", digest(&[&a.title, &a.body]));
+    let res = ctx
+        .write(&headers, user, request, || {
+            let a = a.clone();
+            Box::new(move |c: &mut MySqlConnection| {
+                Box::pin(async move {
+                    let id = articles::post(&mut *c, user, &a.title, &a.body, now()).await?;
+                    Ok((StatusCode::CREATED, serde_json::json!({ "id": id })))
+                })
             })
         })
-    })
-    .await
+        .await?;
+    if res.status().is_success() {
+        ctx.data.committed(Committed::Post { author: user }).await;
+    }
+    Ok(res)
 }
 
 /// `{"body"}`.
@@ -859,12 +973,10 @@ async fn comment<S: SessionStore>(
     let article = parse_id(&raw)?;
     text("body", &c.body, 1000)?;
     let (user, shape) = (s.user_id, ctx.data.shape);
+    let request = format!("POST /articles/{article}/comments {}", digest(&[&c.body]));
     let body = Arc::new(c.body);
-    ctx.write(
-        &headers,
-        user,
-        format!("POST /articles/{article}/comments"),
-        || {
+    let res = ctx
+        .write(&headers, user, request, || {
             let body = body.clone();
             Box::new(move |c: &mut MySqlConnection| {
                 Box::pin(async move {
@@ -873,9 +985,12 @@ async fn comment<S: SessionStore>(
                     Ok((StatusCode::CREATED, serde_json::json!({ "id": id })))
                 })
             })
-        },
-    )
-    .await
+        })
+        .await?;
+    if res.status().is_success() {
+        ctx.data.committed(Committed::Article { id: article }).await;
+    }
+    Ok(res)
 }
 
 async fn like<S: SessionStore>(
@@ -886,25 +1001,30 @@ async fn like<S: SessionStore>(
     let (_, s) = current(&ctx.app, &headers).await?;
     let article = parse_id(&raw)?;
     let user = s.user_id;
-    ctx.write(
-        &headers,
-        user,
-        format!("POST /articles/{article}/likes"),
-        || {
-            Box::new(move |c: &mut MySqlConnection| {
-                Box::pin(async move {
-                    let new = articles::add_like(&mut *c, article, user, now()).await?;
-                    let status = if new {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    };
-                    Ok((status, serde_json::json!({ "liked": true, "new": new })))
+    let res = ctx
+        .write(
+            &headers,
+            user,
+            format!("POST /articles/{article}/likes"),
+            || {
+                Box::new(move |c: &mut MySqlConnection| {
+                    Box::pin(async move {
+                        let new = articles::add_like(&mut *c, article, user, now()).await?;
+                        let status = if new {
+                            StatusCode::CREATED
+                        } else {
+                            StatusCode::OK
+                        };
+                        Ok((status, serde_json::json!({ "liked": true, "new": new })))
+                    })
                 })
-            })
-        },
-    )
-    .await
+            },
+        )
+        .await?;
+    if res.status().is_success() {
+        ctx.data.committed(Committed::Article { id: article }).await;
+    }
+    Ok(res)
 }
 
 async fn befriend<S: SessionStore>(
@@ -919,14 +1039,20 @@ async fn befriend<S: SessionStore>(
         return Err(ApiError::BadRequest("you cannot befriend yourself".into()));
     }
     let name = Arc::new(raw.clone());
-    ctx.write(&headers, me, format!("POST /users/{raw}/friends"), || {
-        let name = name.clone();
-        Box::new(move |c: &mut MySqlConnection| {
-            Box::pin(async move {
-                articles::befriend(&mut *c, me, friend, now()).await?;
-                Ok((StatusCode::CREATED, serde_json::json!({ "friend": *name })))
+    let res = ctx
+        .write(&headers, me, format!("POST /users/{raw}/friends"), || {
+            let name = name.clone();
+            Box::new(move |c: &mut MySqlConnection| {
+                Box::pin(async move {
+                    articles::befriend(&mut *c, me, friend, now()).await?;
+                    Ok((StatusCode::CREATED, serde_json::json!({ "friend": *name })))
+                })
             })
         })
-    })
-    .await
+        .await?;
+    if res.status().is_success() {
+        let (a, b) = ((me, s.username.clone()), (friend, raw.clone()));
+        ctx.data.committed(Committed::Friends { a, b }).await;
+    }
+    Ok(res)
 }

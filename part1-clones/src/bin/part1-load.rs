@@ -11,7 +11,11 @@ use part1_clones::config::LoadConfig;
 async fn main() -> anyhow::Result<()> {
     common::telemetry::init();
     let config = LoadConfig::parse();
-    let pool = part1_clones::app::connect_database(&config.stack.mariadb_primary_url).await?;
+    let pool = part1_clones::app::connect_database(
+        &config.stack.mariadb_primary_url,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
     let spec = common::dataset::DatasetSpec::new(config.dataset_seed, config.scale);
     let new = part1_clones::users::Users::new(pool)
         .load_dataset(&spec)

@@ -218,7 +218,11 @@ pub async fn run(args: Part1DemoArgs) -> anyhow::Result<()> {
     let stack = &args.demo.stack;
     common::testing::redis_at(&stack.redis_url).await?;
     common::testing::mariadb_at("MariaDB primary", &stack.mariadb_primary_url).await?;
-    let db = crate::app::connect_database(&stack.mariadb_primary_url).await?;
+    let db = crate::app::connect_database(
+        &stack.mariadb_primary_url,
+        std::time::Duration::from_secs(5),
+    )
+    .await?;
     let mut results = PartResults::new(1, "Clones", CLAIM);
     results.set_repeat(args.demo.repeat);
     let mut demo = Demo {

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use common::demo::line;
+use common::demo::figure;
+use common::results::Kind;
 
 use super::Demo;
 use crate::{replication, schema};
@@ -12,12 +13,15 @@ use crate::{replication, schema};
 pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     schema::migrate(&demo.primary).await?;
     let stats = schema::load(&demo.primary, &demo.spec).await?;
-    line(format!(
-        "{} rows in {:.1} s: {:.0} rows/s (batches of 1,000 rows)",
-        stats.rows,
-        stats.seconds,
-        stats.rate()
-    ));
+    figure(
+        Kind::Measured,
+        format!(
+            "{} rows in {:.1} s: {:.0} rows/s (batches of 1,000 rows)",
+            stats.rows,
+            stats.seconds,
+            stats.rate()
+        ),
+    );
     let cmp = "loading the dataset";
     demo.measured(
         cmp,
@@ -40,9 +44,12 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
         lag.is_some(),
         "the replica did not catch up with the load in 5 minutes: ./lab status"
     );
-    line(format!(
-        "the replica had applied it all {:.1} s later",
-        start.elapsed().as_secs_f64()
-    ));
+    figure(
+        Kind::Measured,
+        format!(
+            "the replica had applied it all {:.1} s later",
+            start.elapsed().as_secs_f64()
+        ),
+    );
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use common::demo::line;
+use common::demo::figure;
 use common::measure::{self, Load, fmt_us};
 use common::results::Kind;
 
@@ -41,10 +41,13 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
         t.sort_by(f64::total_cmp);
         throughput.push(t[t.len() / 2]);
     }
-    line(format!(
-        "denormalized reads: {:.1}x the throughput of the join",
-        throughput[1] / throughput[0].max(1e-9)
-    ));
+    figure(
+        Kind::Measured,
+        format!(
+            "denormalized reads: {:.1}x the throughput of the join",
+            throughput[1] / throughput[0].max(1e-9)
+        ),
+    );
     let cmp = "denormalization: the cost moves to the write";
     for (shape, name) in [
         (Shape::Join, "comment, no counter"),
@@ -61,11 +64,14 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
         })
         .await?
         .summary();
-        line(format!(
-            "{name:<22} p50 {:>8}  p99 {:>8}",
-            fmt_us(lat.p50_us),
-            fmt_us(lat.p99_us)
-        ));
+        figure(
+            Kind::Measured,
+            format!(
+                "{name:<22} p50 {:>8}  p99 {:>8}",
+                fmt_us(lat.p50_us),
+                fmt_us(lat.p99_us)
+            ),
+        );
         demo.measured(
             cmp,
             &format!("{name}: p50"),
@@ -108,9 +114,12 @@ async fn counters_after_concurrent_writes(demo: &mut Demo) -> anyhow::Result<()>
         done??;
     }
     let differ = articles::counter_mismatches(&demo.primary).await?;
-    line(format!(
-        "{writers} writers x {each} comments and likes on the 3 hottest articles: {differ} articles' counters differ from the rows"
-    ));
+    figure(
+        Kind::Measured,
+        format!(
+            "{writers} writers x {each} comments and likes on the 3 hottest articles: {differ} articles' counters differ from the rows"
+        ),
+    );
     demo.measured(
         "denormalization: counters after concurrent writes",
         "counters that differ",

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::config::with_database;
-use common::demo::line;
+use common::demo::figure;
 use common::measure::{self, Load, fmt_us};
+use common::results::Kind;
 use common::testing::ChaosProxy;
 
 use super::{Demo, host_port, us};
@@ -58,11 +59,14 @@ async fn replica_cut(demo: &mut Demo) -> anyhow::Result<()> {
     let report = run.await?;
     proxy.restore();
     let fell_back = served_by_primary.load(Ordering::Relaxed);
-    line(report.line());
-    line(format!(
-        "{fell_back} of {} reads were answered by the primary after the replica was cut",
-        report.requests
-    ));
+    figure(Kind::Measured, report.line());
+    figure(
+        Kind::Measured,
+        format!(
+            "{fell_back} of {} reads were answered by the primary after the replica was cut",
+            report.requests
+        ),
+    );
     let cmp = "a replica dies under a read load";
     demo.measured(
         cmp,
@@ -112,11 +116,14 @@ async fn primary_stopped(demo: &mut Demo) -> anyhow::Result<()> {
         }
     }
     proxy.restore();
-    line(format!(
-        "primary stopped (connections refused): a write fails after {} (acquire timeout {} ms; the server answers 503), and {reads_ok}/50 reads still succeed",
-        fmt_us(failed_after.as_micros() as u64),
-        acquire.as_millis()
-    ));
+    figure(
+        Kind::Measured,
+        format!(
+            "primary stopped (connections refused): a write fails after {} (acquire timeout {} ms; the server answers 503), and {reads_ok}/50 reads still succeed",
+            fmt_us(failed_after.as_micros() as u64),
+            acquire.as_millis()
+        ),
+    );
     let cmp = "the primary stops";
     demo.measured(
         cmp,

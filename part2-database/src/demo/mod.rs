@@ -145,7 +145,7 @@ impl Demo {
         let mut runs = Vec::new();
         for _ in 0..self.args.demo.repeat {
             let report = measure::run_load(name, load, request.clone()).await;
-            common::demo::line(report.line());
+            common::demo::figure(kind, report.line());
             runs.push(report);
         }
         self.results.load_runs(kind, comparison, &runs);

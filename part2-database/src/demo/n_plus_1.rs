@@ -5,8 +5,9 @@
 
 use std::time::Instant;
 
-use common::demo::line;
+use common::demo::figure;
 use common::measure::{Latencies, fmt_us};
+use common::results::Kind;
 
 use super::Demo;
 use crate::articles;
@@ -46,11 +47,14 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
         } else {
             "N+1"
         };
-        line(format!(
-            "{name:<20} {per_page:>4.1} SELECTs a page (counted by MariaDB)  p50 {:>8}  p99 {:>8}",
-            fmt_us(s.p50_us),
-            fmt_us(s.p99_us)
-        ));
+        figure(
+            Kind::Measured,
+            format!(
+                "{name:<20} {per_page:>4.1} SELECTs a page (counted by MariaDB)  p50 {:>8}  p99 {:>8}",
+                fmt_us(s.p50_us),
+                fmt_us(s.p99_us)
+            ),
+        );
         demo.measured(
             cmp,
             &format!("{name}: queries"),

@@ -8,8 +8,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use common::demo::line;
+use common::demo::figure;
 use common::measure::{Latencies, LatencySummary, fmt_us};
+use common::results::Kind;
 use sqlx::MySqlPool;
 
 use super::Demo;
@@ -108,14 +109,17 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     ] {
         for r in runs {
             let name = r.policy.name();
-            line(format!(
-                "{when:<26} {name:<15} stale reads {:>3}/{}  read p50 {:>8}  answered by the primary {}/{}",
-                r.stale,
-                r.n,
-                fmt_us(r.read.p50_us),
-                r.on_primary,
-                r.n
-            ));
+            figure(
+                Kind::Measured,
+                format!(
+                    "{when:<26} {name:<15} stale reads {:>3}/{}  read p50 {:>8}  answered by the primary {}/{}",
+                    r.stale,
+                    r.n,
+                    fmt_us(r.read.p50_us),
+                    r.on_primary,
+                    r.n
+                ),
+            );
             let cmp = format!("read-your-writes, {when}");
             let share = |k: u32| 100.0 * f64::from(k) / f64::from(r.n);
             demo.measured(

@@ -16,8 +16,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use common::demo::line;
+use common::demo::figure;
 use common::measure::{Latencies, fmt_us};
+use common::results::Kind;
 use sqlx::MySqlPool;
 
 use super::Demo;
@@ -107,20 +108,29 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
         write.record(s.write);
     }
     let (l, r, w) = (lag.summary(), resolution.summary(), write.summary());
-    line(format!(
-        "a write on the primary is readable on the replica p50 {} / p99 {} / max {} later ({SAMPLES} heartbeats)",
-        fmt_us(l.p50_us),
-        fmt_us(l.p99_us),
-        fmt_us(l.max_us)
-    ));
-    line(format!(
-        "resolution: one poll of the replica every {} (p50): each lag is true to within that",
-        fmt_us(r.p50_us)
-    ));
-    line(format!(
-        "the write itself (sent, committed, answered) took p50 {}: the lag counts from its start",
-        fmt_us(w.p50_us)
-    ));
+    figure(
+        Kind::Measured,
+        format!(
+            "a write on the primary is readable on the replica p50 {} / p99 {} / max {} later ({SAMPLES} heartbeats)",
+            fmt_us(l.p50_us),
+            fmt_us(l.p99_us),
+            fmt_us(l.max_us)
+        ),
+    );
+    figure(
+        Kind::Measured,
+        format!(
+            "resolution: one poll of the replica every {} (p50): each lag is true to within that",
+            fmt_us(r.p50_us)
+        ),
+    );
+    figure(
+        Kind::Measured,
+        format!(
+            "the write itself (sent, committed, answered) took p50 {}: the lag counts from its start",
+            fmt_us(w.p50_us)
+        ),
+    );
     let cmp = "replication lag (heartbeat row with NOW(6), tight polling)";
     let shows = "the write's NOW(6) on the primary to the first replica read that sees it";
     demo.measured(cmp, "lag p50", l.p50_us as f64, "µs", shows);

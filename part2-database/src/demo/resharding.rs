@@ -4,7 +4,8 @@
 //! about two thirds, consistent hashing about a third (what the new shard
 //! takes), a directory exactly what you choose.
 
-use common::demo::line;
+use common::demo::figure;
+use common::results::Kind;
 
 use super::Demo;
 use crate::sharding::{ConsistentHash, Directory, Modulo, moved_share};
@@ -31,10 +32,10 @@ pub fn run(demo: &mut Demo) -> anyhow::Result<()> {
         ("consistent hashing", ring),
         ("directory", directory),
     ] {
-        line(format!(
-            "{name:<20} moves {:>5.1}% of {users} users (computed)",
-            share * 100.0
-        ));
+        figure(
+            Kind::Computed,
+            format!("{name:<20} moves {:>5.1}% of {users} users", share * 100.0),
+        );
         demo.results.computed(
             cmp,
             name,

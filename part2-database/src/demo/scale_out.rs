@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::capacity::Modelled;
-use common::demo::line;
+use common::demo::{figure, line};
 use common::measure::Load;
 use common::results::Kind;
 use sqlx::MySqlPool;
@@ -79,7 +79,13 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
             demo.load_runs(kind, cmp, &name, load, read).await;
             if modelled {
                 let ceiling = per_server * servers.len() as f64;
-                line(format!("{:<28} (the model's ceiling: {ceiling:.0}/s)", ""));
+                figure(
+                    Kind::Computed,
+                    format!(
+                        "{:<28} {ceiling:>9.0} queries/s at most (the model's ceiling)",
+                        format!("{label}, modelled ceiling")
+                    ),
+                );
                 demo.results.computed(
                     cmp,
                     &format!("{label}: model ceiling"),

@@ -2,7 +2,8 @@
 //! a clear "shard 1 is unavailable", everyone else is served as before.
 
 use anyhow::Context;
-use common::demo::line;
+use common::demo::figure;
+use common::results::Kind;
 
 use super::Demo;
 
@@ -22,9 +23,12 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
         }
     }
     sharded.proxy.restore();
-    line(format!(
-        "shard 1 cut: {ok} users served, {failed_on_1} told \"shard 1 is unavailable\", {failed_elsewhere} others failed"
-    ));
+    figure(
+        Kind::Measured,
+        format!(
+            "shard 1 cut: {ok} users served, {failed_on_1} told \"shard 1 is unavailable\", {failed_elsewhere} others failed"
+        ),
+    );
     let cmp = "one shard dies";
     let r = &mut demo.results;
     r.measured(

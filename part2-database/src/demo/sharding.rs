@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use common::config::with_database;
-use common::demo::line;
+use common::demo::{figure, line};
 use common::measure::{Latencies, fmt_us};
+use common::results::Kind;
 use common::testing::ChaosProxy;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -55,10 +56,13 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     let single = ShardedStore::new(vec![one.clone()], Modulo(1));
     let t = Instant::now();
     let rows = store.load(&demo.spec).await?;
-    line(format!(
-        "users, friendships and articles placed by user id on 2 shards: {rows} rows in {:.1} s",
-        t.elapsed().as_secs_f64()
-    ));
+    figure(
+        Kind::Measured,
+        format!(
+            "users, friendships and articles placed by user id on 2 shards: {rows} rows in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ),
+    );
     let copied = single.load(&demo.spec).await?;
     anyhow::ensure!(
         copied == rows,
@@ -67,10 +71,13 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     let on0 = (1..=demo.spec.sizes.users)
         .filter(|u| store.placement.shard_of(*u) == 0)
         .count();
-    line(format!(
-        "{on0} users on shard 0, {} on shard 1; the same {rows} rows in one database for comparison",
-        demo.spec.sizes.users as usize - on0
-    ));
+    figure(
+        Kind::Computed,
+        format!(
+            "{on0} users on shard 0, {} on shard 1; the same {rows} rows in one database for comparison",
+            demo.spec.sizes.users as usize - on0
+        ),
+    );
 
     let cmp = "the friends' feed: one database against two shards (the same rows)";
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -116,23 +123,28 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
         ),
     ] {
         let s = lat.summary();
-        line(format!(
-            "{name:<31} p50 {:>8}  p99 {:>8}",
-            fmt_us(s.p50_us),
-            fmt_us(s.p99_us)
-        ));
+        figure(
+            Kind::Measured,
+            format!(
+                "{name:<31} p50 {:>8}  p99 {:>8}",
+                fmt_us(s.p50_us),
+                fmt_us(s.p99_us)
+            ),
+        );
         demo.measured(cmp, &format!("{name}: p50"), s.p50_us as f64, "µs", shows);
         demo.measured(cmp, &format!("{name}: p99"), s.p99_us as f64, "µs", shows);
     }
-    line(format!(
-        "the same feeds both ways; {shards_asked:.1} shards asked per feed"
-    ));
+    line("the same feeds both ways, user by user");
+    figure(
+        Kind::Measured,
+        format!("{shards_asked:.1} shards asked per feed (counted by the router)"),
+    );
     demo.measured(
         cmp,
         "shards asked a feed",
         shards_asked,
         "shards",
-        "friends live on both shards",
+        "counted by the router as it gathers (the shards keep no per-feed count): a user's friends live on one shard or both",
     );
     one.close().await;
     let admin = common::testing::mariadb_at("MariaDB shard 0", &stack.mariadb_shard0_url).await?;

@@ -2,8 +2,9 @@
 //! through [`drill::with_index_dropped`], which creates it again exactly
 //! as it was, whatever happens) and with it, with EXPLAIN's plan for each.
 
-use common::demo::line;
+use common::demo::figure;
 use common::measure::{self, LatencySummary, fmt_us};
+use common::results::Kind;
 use sqlx::MySqlPool;
 
 use super::Demo;
@@ -45,13 +46,16 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     let with = measure_query(&pool, &hot, 200).await?;
     let cmp = "SQL tuning: comments of an article, without and with its index";
     for (name, (plan, lat)) in [("without the index", without), ("with the index", with)] {
-        line(format!("{name:<18} EXPLAIN: {plan}"));
-        line(format!(
-            "{:<18} p50 {:>8}  p99 {:>8}",
-            "",
-            fmt_us(lat.p50_us),
-            fmt_us(lat.p99_us)
-        ));
+        figure(Kind::Measured, format!("{name:<18} EXPLAIN: {plan}"));
+        figure(
+            Kind::Measured,
+            format!(
+                "{:<18} p50 {:>8}  p99 {:>8}",
+                "",
+                fmt_us(lat.p50_us),
+                fmt_us(lat.p99_us)
+            ),
+        );
         demo.measured(
             cmp,
             &format!("{name}: p50"),

@@ -291,7 +291,7 @@ async fn with_the_primary_stopped_writes_get_503_and_reads_and_login_go_on() {
     let mut config = crate::support::config(&l);
     config.server.stack.mariadb_primary_url = proxy.url_for(&l.db.url);
     // The default: what users meet.
-    config.db_acquire_timeout_ms = 1000;
+    config.server.db_acquire_timeout_ms = 1000;
     let app = crate::support::spawn(config).await;
     let u = UserClient::new(http(), &app.url);
     u.login("user6", common::dataset::DATASET_PASSWORD)

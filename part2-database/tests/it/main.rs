@@ -3,6 +3,7 @@
 mod data;
 mod drills;
 mod http;
+mod kill;
 mod mongo;
 mod reads;
 mod replication;

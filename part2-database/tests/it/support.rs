@@ -84,7 +84,7 @@ pub fn config(l: &Loaded) -> part2_database::server::Part2Config {
     config.server.key_prefix = testing::unique_name("p2");
     config.server.stack.mariadb_primary_url = l.db.url.clone();
     config.server.stack.mariadb_replica_url = l.replica_url.clone();
-    config.db_acquire_timeout_ms = 10_000;
+    config.server.db_acquire_timeout_ms = 10_000;
     config
 }
 

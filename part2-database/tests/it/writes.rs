@@ -31,7 +31,7 @@ async fn one_key_twenty_parallel_comments_one_write() {
             .json(&serde_json::json!({ "body": body }));
         tasks.push(tokio::spawn(async move {
             let res = req.send().await.unwrap();
-            let replay = res.headers().contains_key("idempotent-replay");
+            let replay = res.headers().contains_key("idempotent-replayed");
             let status = res.status().as_u16();
             let json: serde_json::Value = res.json().await.unwrap();
             (status, replay, json["id"].as_u64())
