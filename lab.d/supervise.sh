@@ -10,7 +10,8 @@
 # with). Read before .env, so a value typed on the command line is told
 # apart from one that .env or a default gives (see remember_variant).
 VARIANT_VARS=(SESSIONS READS SHAPE CACHE SERVICE_TIME_MS MAX_CONCURRENCY PIN_WINDOW_MS
-    REPLICA_MAX_LAG_MS DB_ACQUIRE_TIMEOUT_MS SESSION_IDLE_SECS SESSION_ABSOLUTE_SECS MAX_AVATAR_BYTES)
+    REPLICA_MAX_LAG_MS DB_ACQUIRE_TIMEOUT_MS SESSION_IDLE_SECS SESSION_ABSOLUTE_SECS MAX_AVATAR_BYTES
+    CACHE_BACKEND STAMPEDE CACHE_TTL_SECS CACHE_JITTER QUERY_FLUSH_ON_WRITE CACHE_TIMEOUT_MS CACHE_MAX_VALUE_BYTES)
 # (A ./lab run by ./lab inherits what its parent took from .env: those
 # names are in LAB_FROM_DOTENV and do not count as typed.)
 declare -A EXPLICIT=()

@@ -1,0 +1,502 @@
+//! Part 3's server: part 2's, plus a cache between the app and the database.
+//!
+//! Part 2's writes, lists and profiles are served as part 2 serves them
+//! ([`DataLayer::routes_but_pages`]); the three pages the article names are
+//! served here, through the cache, each answer saying what the cache did
+//! (`X-Cache: hit|miss|bypass`):
+//!
+//! | route | object key (`--cache object`) |
+//! |---|---|
+//! | `GET /articles/{id}` | `article:{id}`, the assembled article (JSON) |
+//! | `GET /articles/{id}` with `Accept: text/html` | `page:{id}`, the rendered page |
+//! | `GET /users/{username}/friends` (first page) | `friends:{username}` |
+//! | `GET /feed` | `friend_ids:{user}`, `recent:{author}` per friend, `summary:{id}` (see [`feed`]) |
+//!
+//! Writes invalidate after they commit (part 2's after-commit hook):
+//! a comment or a like deletes its article's object, page and summary; a
+//! post deletes its author's recent-articles object; befriending deletes
+//! both users' friend lists. See [`cache`] for the rules of a read.
+//!
+//! ## Configuration
+//!
+//! Every flag and variable of part 2's server, plus:
+//!
+//! | variable | flag | default |
+//! |---|---|---|
+//! | `CACHE` | `--cache` | `object` (`none` \| `query` \| `object`) |
+//! | `CACHE_BACKEND` | `--cache-backend` | `memcached` (`memcached` \| `redis`) |
+//! | `CACHE_TTL_SECS` | `--cache-ttl-secs` | `300` |
+//! | `CACHE_JITTER` | `--cache-jitter` | `0.1` (each TTL is cut by up to 10%, at random) |
+//! | `STAMPEDE` | `--stampede` | `lease` (`none` \| `single-flight` \| `lease` \| `xfetch`) |
+//! | `QUERY_FLUSH_ON_WRITE` | `--query-flush-on-write` | `false` (with `--cache query`) |
+//! | `CACHE_TIMEOUT_MS` | `--cache-timeout-ms` | `50` |
+//! | `CACHE_MAX_VALUE_BYTES` | `--cache-max-value-bytes` | `524288` |
+//!
+//! and `MEMCACHED_URL` / `REDIS_URL` from the stack's configuration.
+
+pub mod cache;
+pub mod feed;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::future::BoxFuture;
+use part1_clones::app::{AppPart, AppState, Application, current};
+use part1_clones::error::ApiError;
+use part1_clones::session::SessionStore;
+use part2_database::articles::{self, ArticlePage, COMMENTS_SHOWN};
+use part2_database::replication::is_connection_error;
+use part2_database::server::{
+    Committed, DataLayer, FEED_LENGTH, FRIENDS_PAGE, FRIENDS_PAGE_MAX, FRIENDS_PAGE_SQL,
+    FriendsQuery, Part2Config, load_friends_page, parse_id, username,
+};
+use sqlx::MySqlPool;
+
+use crate::backend::{CacheBackend, Memcached, RedisCache};
+use crate::pattern::{CachePattern, ObjectCache, ObjectRef, QueryCache, Read};
+use crate::stampede::{Outcome, ReadThrough, Stampede};
+use cache::Cache;
+
+/// Which cache pattern (`--cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheMode {
+    /// No cache: part 2's reads (the baseline).
+    None,
+    /// Cached queries, keyed by the hash of the SQL and its parameters:
+    /// the anti-pattern (writes cannot find what to invalidate).
+    Query,
+    /// Cached objects, deleted by the writes that change them: the fix.
+    Object,
+}
+
+/// Where the cache lives (`--cache-backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Memcached (`MEMCACHED_URL`).
+    Memcached,
+    /// Redis (`REDIS_URL`).
+    Redis,
+}
+
+impl CacheMode {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::None => "none",
+            CacheMode::Query => "query",
+            CacheMode::Object => "object",
+        }
+    }
+}
+
+impl BackendKind {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Memcached => "memcached",
+            BackendKind::Redis => "redis",
+        }
+    }
+}
+
+/// Part 3's server: part 2's flags, plus the cache's.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "part3-server",
+    version,
+    about = "Part 3: part 2's server plus a cache between the app and the database"
+)]
+pub struct Part3Config {
+    /// Everything part 2's server takes.
+    #[command(flatten)]
+    pub part2: Part2Config,
+    /// The cache pattern.
+    #[arg(long, env = "CACHE", value_enum, default_value_t = CacheMode::Object)]
+    pub cache: CacheMode,
+    /// Where the cache lives.
+    #[arg(long, env = "CACHE_BACKEND", value_enum, default_value_t = BackendKind::Memcached)]
+    pub cache_backend: BackendKind,
+    /// How long a cached value lives, in seconds.
+    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+    /// Each TTL is cut by up to this fraction, at random (0 to 0.9), so
+    /// values stored together do not all expire together.
+    #[arg(long, env = "CACHE_JITTER", default_value_t = 0.1)]
+    pub cache_jitter: f64,
+    /// Stampede protection: what many readers of one missing object do.
+    #[arg(long, env = "STAMPEDE", value_enum, default_value_t = Stampede::Lease)]
+    pub stampede: Stampede,
+    /// Under `--cache query`, make every cached query unreachable on every
+    /// write (correct, and the hit ratio collapses under writes).
+    #[arg(long, env = "QUERY_FLUSH_ON_WRITE", default_value_t = false)]
+    pub query_flush_on_write: bool,
+    /// The longest a cache call may take before the read bypasses the cache, in ms.
+    #[arg(long, env = "CACHE_TIMEOUT_MS", default_value_t = 50)]
+    pub cache_timeout_ms: u64,
+    /// Larger values are not cached (the request is still served).
+    #[arg(long, env = "CACHE_MAX_VALUE_BYTES", default_value_t = 512 * 1024)]
+    pub cache_max_value_bytes: usize,
+}
+
+/// Connects and binds: part 2's data layer, the cache, and the hook that
+/// tells the cache about committed writes.
+pub async fn build(config: Part3Config) -> anyhow::Result<Application> {
+    let mut data = part2_database::server::data_layer(&config.part2).await?;
+    let cache = Arc::new(connect_cache(&config).await?);
+    let c = cache.clone();
+    data.after_commit = Some(Arc::new(move |what: Committed| -> BoxFuture<'static, ()> {
+        let c = c.clone();
+        Box::pin(async move { c.invalidate(what).await })
+    }));
+    let stack = &config.part2.server.stack;
+    let url = match config.cache_backend {
+        BackendKind::Memcached => &stack.memcached_url,
+        BackendKind::Redis => &stack.redis_url,
+    };
+    println!(
+        "part3-server: --cache {}{} --cache-backend {} ({}) --cache-ttl-secs {} --cache-jitter {} --stampede {} (cache timeout {} ms, values up to {} bytes)",
+        config.cache.as_str(),
+        if config.query_flush_on_write {
+            " --query-flush-on-write"
+        } else {
+            ""
+        },
+        config.cache_backend.as_str(),
+        common::config::redact(url),
+        config.cache_ttl_secs,
+        config.cache_jitter,
+        config.stampede.as_str(),
+        config.cache_timeout_ms,
+        config.cache_max_value_bytes,
+    );
+    Application::build_with(config.part2.server, CacheLayer { data, cache }).await
+}
+
+/// The cache of this configuration. The backends connect lazily: a cache
+/// that is down at start is a bypass per request, not a clone that will
+/// not start.
+pub async fn connect_cache(config: &Part3Config) -> anyhow::Result<Cache> {
+    use anyhow::Context;
+    let stack = &config.part2.server.stack;
+    let timeout = Duration::from_millis(config.cache_timeout_ms.max(1));
+    let prefix = format!("{}:", config.part2.server.key_prefix);
+    let max = config.cache_max_value_bytes;
+    let backend: Option<Arc<dyn CacheBackend>> = match (config.cache, config.cache_backend) {
+        (CacheMode::None, _) => None,
+        (_, BackendKind::Memcached) => Some(Arc::new(
+            Memcached::connect(&stack.memcached_url, &prefix, timeout)
+                .await
+                .context("MEMCACHED_URL")?
+                .with_max_value_bytes(max),
+        )),
+        (_, BackendKind::Redis) => Some(Arc::new(
+            RedisCache::connect(&stack.redis_url, &prefix, timeout)
+                .await
+                .context("REDIS_URL for the cache")?
+                .with_max_value_bytes(max),
+        )),
+    };
+    let pattern: Box<dyn CachePattern> = match config.cache {
+        CacheMode::Query => Box::new(QueryCache {
+            flush_all_on_write: config.query_flush_on_write,
+        }),
+        CacheMode::None | CacheMode::Object => Box::new(ObjectCache),
+    };
+    Ok(Cache {
+        mode: config.cache,
+        read_through: backend
+            .map(|b| ReadThrough::new(b, config.stampede).with_jitter(config.cache_jitter)),
+        pattern,
+        ttl: Duration::from_secs(config.cache_ttl_secs.max(1)),
+    })
+}
+
+/// Part 3's part of the app: part 2's data layer plus the cache.
+#[derive(Clone)]
+pub struct CacheLayer {
+    /// Part 2's data layer, its after-commit hook set to the cache's
+    /// invalidation (which the pattern decides: the object pattern
+    /// deletes, the query pattern cannot).
+    pub data: DataLayer,
+    /// The cache.
+    pub cache: Arc<Cache>,
+}
+
+impl AppPart for CacheLayer {
+    fn routes<S: SessionStore>(&self, app: Arc<AppState<S>>) -> Router {
+        let ctx = Arc::new(Ctx {
+            app: app.clone(),
+            data: self.data.clone(),
+            cache: self.cache.clone(),
+        });
+        Router::new()
+            .route("/articles/{id}", get(article::<S>))
+            .route("/users/{username}/friends", get(friends::<S>))
+            .route("/feed", get(feed::<S>))
+            .with_state(ctx)
+            .merge(self.data.routes_but_pages(app))
+    }
+
+    fn after_write(&self, user_id: u64) -> impl Future<Output = ()> + Send {
+        AppPart::after_write(&self.data, user_id)
+    }
+
+    fn user_read_pool(&self) -> impl Future<Output = Option<MySqlPool>> + Send {
+        AppPart::user_read_pool(&self.data)
+    }
+}
+
+/// What the cached routes share.
+pub(crate) struct Ctx<S> {
+    app: Arc<AppState<S>>,
+    data: DataLayer,
+    cache: Arc<Cache>,
+}
+
+impl<S: SessionStore> Ctx<S> {
+    async fn viewer(&self, headers: &HeaderMap) -> Option<u64> {
+        current(&self.app, headers)
+            .await
+            .ok()
+            .map(|(_, s)| s.user_id)
+    }
+
+    /// Runs a query for a load: on the primary, so what is stored is not
+    /// older than the last invalidation (see [`cache`]); `true`, it may be
+    /// stored. If the primary does not answer: where part 2's policy says,
+    /// and `false`, it must not be stored.
+    async fn query<T, F, Fut>(&self, viewer: Option<u64>, query: F) -> Result<(T, bool), ApiError>
+    where
+        F: Fn(MySqlPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        match query(self.data.db.primary().clone()).await {
+            Ok(v) => return Ok((v, true)),
+            Err(e) if is_connection_error(&e) => {
+                tracing::debug!(error = %e, "a load could not read the primary: reading as part 2 does, not storing");
+            }
+            Err(e) => return Err(ApiError::Internal(e.to_string())),
+        }
+        let (v, _) = self.data.read(viewer, query).await?;
+        Ok((v, false))
+    }
+
+    /// The article as JSON bytes, through the cache of this `--cache`.
+    async fn article_json(
+        &self,
+        viewer: Option<u64>,
+        id: u64,
+    ) -> Result<(Vec<u8>, Outcome), ApiError> {
+        let shape = self.data.shape;
+        let summary = format!("{} WHERE a.id = ?", articles::summary_sql(shape));
+        let sql = [summary.as_str(), articles::BODY_SQL, articles::COMMENTS_SQL].join(";\n");
+        let (id_s, shown) = (id.to_string(), COMMENTS_SHOWN.to_string());
+        let read = Read {
+            object: ObjectRef::new(cache::ARTICLE, &id_s),
+            sql: &sql,
+            params: &[&id_s, &shown],
+        };
+        let key = self.cache.key(&read).await;
+        self.cache
+            .bytes(key, || async move {
+                let (page, ok) = self
+                    .query(viewer, move |p| async move {
+                        articles::page(&p, shape, id).await
+                    })
+                    .await?;
+                let page = page.ok_or_else(|| ApiError::NotFound(format!("no article {id}")))?;
+                Ok((to_json(&page)?, ok))
+            })
+            .await
+    }
+
+    /// The rendered page. Under `object` it is cached whole (`page:{id}`),
+    /// built from the cached article on a miss; otherwise it is rendered
+    /// from the article each time.
+    async fn article_html(
+        &self,
+        viewer: Option<u64>,
+        id: u64,
+    ) -> Result<(Vec<u8>, Outcome), ApiError> {
+        let render = |json: &[u8]| -> Result<Vec<u8>, ApiError> {
+            let page: ArticlePage =
+                serde_json::from_slice(json).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(crate::render::article_page(&page).into_bytes())
+        };
+        if self.cache.mode != CacheMode::Object {
+            let (json, x) = self.article_json(viewer, id).await?;
+            return Ok((render(&json)?, x));
+        }
+        self.cache
+            .bytes(Some(cache::page_key(id)), || async move {
+                let (json, x) = self.article_json(viewer, id).await?;
+                Ok((render(&json)?, x != Outcome::Bypass))
+            })
+            .await
+    }
+
+    /// A page of friends as JSON bytes. Under `object` the first page at
+    /// the default size is cached (`friends:{username}`); other pages
+    /// are read from the database.
+    async fn friends_json(
+        &self,
+        viewer: Option<u64>,
+        name: &str,
+        limit: u32,
+        after: u64,
+    ) -> Result<(Vec<u8>, Outcome), ApiError> {
+        let sql = [USER_ID_SQL, FRIENDS_PAGE_SQL].join(";\n");
+        let (after_s, limit_s) = (after.to_string(), (limit + 1).to_string());
+        let read = Read {
+            object: ObjectRef::new(cache::FRIENDS, name),
+            sql: &sql,
+            params: &[name, &after_s, &limit_s],
+        };
+        // The object pattern keeps the first page at the default size.
+        let first = after == 0 && limit == FRIENDS_PAGE;
+        let key = match self.cache.mode {
+            CacheMode::Object if !first => None,
+            _ => self.cache.key(&read).await,
+        };
+        let name = name.to_owned();
+        self.cache
+            .bytes(key, || async move {
+                let (id, ok1) = self
+                    .query(viewer, |p| {
+                        let name = name.clone();
+                        async move {
+                            sqlx::query_scalar::<_, u64>(USER_ID_SQL)
+                                .bind(name)
+                                .fetch_optional(&p)
+                                .await
+                        }
+                    })
+                    .await?;
+                let id = id.ok_or_else(|| ApiError::NotFound(format!("no user {name}")))?;
+                let (page, ok2) = self
+                    .query(viewer, move |p| async move {
+                        load_friends_page(&p, id, limit, after).await
+                    })
+                    .await?;
+                Ok((to_json(&page)?, ok1 && ok2))
+            })
+            .await
+    }
+
+    /// The feed as JSON bytes: the JOIN (`none`), the JOIN's result cached
+    /// by its hash (`query`), or assembled from objects (`object`, see
+    /// [`feed`]).
+    async fn feed_json(&self, user: u64) -> Result<(Vec<u8>, Outcome), ApiError> {
+        match self.cache.mode {
+            CacheMode::None => {
+                let (v, _) = self.data.feed(user).await?;
+                Ok((to_json(&v)?, Outcome::Bypass))
+            }
+            CacheMode::Query => {
+                let (user_s, length) = (user.to_string(), FEED_LENGTH.to_string());
+                let read = Read {
+                    object: ObjectRef::new("feed", &user_s),
+                    sql: articles::FEED_SQL,
+                    params: &[&user_s, &length],
+                };
+                let key = self.cache.key(&read).await;
+                self.cache
+                    .bytes(key, || async move {
+                        let (v, ok) = self
+                            .query(Some(user), move |p| async move {
+                                articles::feed_join(&p, user, FEED_LENGTH).await
+                            })
+                            .await?;
+                        Ok((to_json(&v)?, ok))
+                    })
+                    .await
+            }
+            CacheMode::Object => {
+                let (v, x) = feed::assemble(self, user).await?;
+                Ok((to_json(&v)?, x))
+            }
+        }
+    }
+}
+
+/// The user-id lookup of the friends page.
+const USER_ID_SQL: &str = "SELECT id FROM users WHERE username = ?";
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Whether the client asked for the HTML page (a browser's `Accept`
+/// lists `text/html` first; `curl` sends `*/*` and gets JSON).
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+/// A body with its type and `X-Cache`.
+fn answer(body: Vec<u8>, content_type: &'static str, x: Outcome) -> Response {
+    let mut res = (
+        [(CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response();
+    res.headers_mut()
+        .insert("x-cache", HeaderValue::from_static(x.as_str()));
+    res
+}
+
+async fn article<S: SessionStore>(
+    State(ctx): State<Arc<Ctx<S>>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let viewer = ctx.viewer(&headers).await;
+    if wants_html(&headers) {
+        let (html, x) = ctx.article_html(viewer, id).await?;
+        return Ok(answer(html, "text/html; charset=utf-8", x));
+    }
+    let (json, x) = ctx.article_json(viewer, id).await?;
+    Ok(answer(json, "application/json", x))
+}
+
+async fn friends<S: SessionStore>(
+    State(ctx): State<Arc<Ctx<S>>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    query: Result<Query<FriendsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(FRIENDS_PAGE);
+    if !(1..=FRIENDS_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit is 1 to {FRIENDS_PAGE_MAX}"
+        )));
+    }
+    // Validated before any key is built or query sent: a name holding a
+    // space or CR/LF gets 400 here, and `Key` hashes anything odd anyway.
+    let name = username(&raw)?;
+    let viewer = ctx.viewer(&headers).await;
+    let (json, x) = ctx
+        .friends_json(viewer, name, limit, q.after.unwrap_or(0))
+        .await?;
+    Ok(answer(json, "application/json", x))
+}
+
+async fn feed<S: SessionStore>(
+    State(ctx): State<Arc<Ctx<S>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (_, s) = current(&ctx.app, &headers).await?;
+    let (json, x) = ctx.feed_json(s.user_id).await?;
+    Ok(answer(json, "application/json", x))
+}

@@ -1,0 +1,676 @@
+//! Stampedes: a hot object expires while a hundred readers want it.
+//!
+//! A read-through cache does "get; on a miss, load from the database and
+//! set". When a popular object expires, every reader in flight misses at
+//! once and every one of them assembles the object from the database: the
+//! load the cache was hiding arrives all at once (the "thundering herd").
+//! Facebook reported a herd's peak of 17K queries/s cut to 1.3K by leases
+//! (Nishtala et al., *Scaling Memcache at Facebook*, 2013).
+//!
+//! [`ReadThrough`] is that read path, with four answers, picked by
+//! `--stampede` ([`Stampede`]):
+//!
+//! - **`none`**: every miss loads. About one load per reader.
+//! - **`single-flight`**: inside one process, concurrent misses on one key
+//!   wait for the first one's load ([`Flights`]). One load per clone.
+//! - **`lease`**: single-flight inside the process, plus a lock across
+//!   processes: the first to `add` `{key}:lease` loads; the others poll the
+//!   cache until the value is there, or until a deadline, after which they
+//!   load for themselves without writing back (a dead or slow lease holder
+//!   must not stall the page). One load in all.
+//! - **`xfetch`**: probabilistic early expiration (Vattani, Chierichetti and
+//!   Lowenstein, *Optimal Probabilistic Cache Stampede Prevention*, VLDB
+//!   2015). The value is stored with how long it took to compute (`delta`)
+//!   and when it expires; each reader recomputes early with a probability
+//!   that grows as expiry nears and with `delta`:
+//!   `now - delta * beta * ln(rand) >= expiry`. Under steady traffic one
+//!   reader refreshes the value before it expires, so nobody misses; it
+//!   does nothing for a key that is already gone (a cold start).
+//!
+//! Whatever the strategy, a cache error never fails the read: the loader
+//! runs and the answer is [`Outcome::Bypass`].
+//!
+//! What production adds: memcached's meta protocol has leases built in (`mg
+//! ... N` vivifies a missing key and hands the lease to one client, with
+//! stale-while-revalidate); the memcache crate's `exp::AsyncMemcache::fetch`
+//! uses them. They are written out here over the six operations of
+//! [`CacheBackend`] so both backends run the same code and a learner sees
+//! every step.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::backend::{CacheBackend, CacheError};
+use crate::key::Key;
+
+/// Which stampede protection (`--stampede`, env `STAMPEDE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stampede {
+    /// Every miss loads.
+    None,
+    /// Concurrent misses in one process share one load.
+    #[value(name = "single-flight")]
+    SingleFlight,
+    /// One load across every process (a lock in the cache), the others wait.
+    Lease,
+    /// Probabilistic early recomputation (Vattani et al. 2015).
+    #[value(name = "xfetch")]
+    XFetch,
+}
+
+impl Stampede {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stampede::None => "none",
+            Stampede::SingleFlight => "single-flight",
+            Stampede::Lease => "lease",
+            Stampede::XFetch => "xfetch",
+        }
+    }
+}
+
+/// Where an answer came from: the `X-Cache` header's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// From the cache.
+    Hit,
+    /// Loaded from the database (by this request, or by the request it
+    /// waited for), then cached.
+    Miss,
+    /// The cache failed or timed out: loaded from the database, not cached.
+    Bypass,
+}
+
+impl Outcome {
+    /// `hit`, `miss` or `bypass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How long a lease holds, and how long the others wait for its value.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
+const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(1);
+/// The first poll of a lease loser; it doubles up to [`MAX_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(5);
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+/// The read path: get, and on a miss load under the chosen protection,
+/// store (TTL with jitter) and answer. One per process (a clone), shared by
+/// its request handlers.
+pub struct ReadThrough {
+    backend: Arc<dyn CacheBackend>,
+    policy: Stampede,
+    flights: Flights,
+    /// How long a lease is held at most: if its holder dies, the next
+    /// reader after this gets a new one.
+    lease_ttl: Duration,
+    /// How long a lease loser waits for the value before loading itself.
+    lease_wait: Duration,
+    /// XFetch's `beta`: above 1 recomputes earlier, below 1 later.
+    beta: f64,
+    /// TTLs are shortened by up to this fraction at random, so objects
+    /// cached together do not all expire together.
+    jitter: f64,
+    rng: Mutex<StdRng>,
+}
+
+impl ReadThrough {
+    /// A read path over `backend` with protection `policy`, lease TTL 2 s,
+    /// lease wait 1 s, XFetch beta 1, no TTL jitter.
+    pub fn new(backend: Arc<dyn CacheBackend>, policy: Stampede) -> Self {
+        ReadThrough {
+            backend,
+            policy,
+            flights: Flights::default(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            lease_wait: DEFAULT_LEASE_WAIT,
+            beta: 1.0,
+            jitter: 0.0,
+            rng: Mutex::new(StdRng::from_os_rng()),
+        }
+    }
+
+    /// Sets how long a lease loser waits for the holder's value.
+    pub fn with_lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait;
+        self
+    }
+
+    /// Sets how long a lease is held at most.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Sets XFetch's `beta` (default 1).
+    pub fn with_xfetch_beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+
+    /// Sets the TTL jitter (`CACHE_JITTER`): each TTL is shortened by a
+    /// random fraction in `[0, jitter)`. Clamped to `[0, 0.9]`.
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter.clamp(0.0, 0.9);
+        self
+    }
+
+    /// The backend underneath.
+    pub fn backend(&self) -> &Arc<dyn CacheBackend> {
+        &self.backend
+    }
+
+    /// The protection in use.
+    pub fn policy(&self) -> Stampede {
+        self.policy
+    }
+
+    /// The value of `key` from the cache, or from `loader` (then cached for
+    /// `ttl`), with where it came from. Only the loader's error is
+    /// returned: the cache's are logged and turn into [`Outcome::Bypass`].
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<(Vec<u8>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+    {
+        let found = match self.read(key).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(%key, error = %e, "cache read failed: bypass");
+                return Ok((loader().await?, Outcome::Bypass));
+            }
+        };
+        match (self.policy, found) {
+            (Stampede::XFetch, Some(Stored::Timed(entry))) => {
+                if self.recompute_early(&entry) {
+                    self.load_and_store(key, ttl, loader).await
+                } else {
+                    Ok((entry.value, Outcome::Hit))
+                }
+            }
+            (_, Some(stored)) => Ok((stored.into_value(), Outcome::Hit)),
+            (Stampede::None | Stampede::XFetch, None) => {
+                self.load_and_store(key, ttl, loader).await
+            }
+            (Stampede::SingleFlight, None) => {
+                self.flights
+                    .run(key, || async {
+                        // Checked again inside the flight: a flight that
+                        // just landed has stored the value.
+                        if let Ok(Some(v)) = self.read(key).await {
+                            return Ok((v.into_value(), Outcome::Hit));
+                        }
+                        self.load_and_store(key, ttl, loader).await
+                    })
+                    .await
+            }
+            (Stampede::Lease, None) => {
+                self.flights
+                    .run(key, || self.lease_fill(key, ttl, loader))
+                    .await
+            }
+        }
+    }
+
+    /// The values of `keys` in one round trip, as stored by this read path
+    /// (XFetch's envelope removed). For objects read together, such as the
+    /// feed's per-author lists; the caller loads the misses.
+    pub async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        let raw = self.backend.get_many(keys).await?;
+        Ok(raw
+            .into_iter()
+            .map(|v| v.and_then(|v| self.decode(v)).map(Stored::into_value))
+            .collect())
+    }
+
+    /// Stores `value` under `key` as this read path would after a load
+    /// (with jitter, and XFetch's envelope with a compute time of zero).
+    pub async fn set(&self, key: &Key, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
+        self.store(key, value, ttl, Duration::ZERO).await
+    }
+
+    /// Deletes `keys` (one round trip): what a write does after it commits.
+    pub async fn invalidate(&self, keys: &[Key]) -> Result<(), CacheError> {
+        self.backend.delete_many(keys).await
+    }
+
+    /// The cross-process lease: one `add` wins, the rest wait for its value.
+    async fn lease_fill<F, Fut, E>(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<(Vec<u8>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+    {
+        let lease = key.derived("lease");
+        match self.backend.add(&lease, b"1", self.lease_ttl).await {
+            Ok(true) => {
+                // Won. Check once more: the previous holder may have stored
+                // the value and released its lease just before our add.
+                let result = match self.read(key).await {
+                    Ok(Some(v)) => Ok((v.into_value(), Outcome::Hit)),
+                    _ => self.load_and_store(key, ttl, loader).await,
+                };
+                // Simplified: the delete does not check that the lease is
+                // still ours (it may have expired under a loader slower
+                // than the lease TTL). A compare-and-delete (memcached CAS,
+                // a Redis script) would.
+                if let Err(e) = self.backend.delete(&lease).await {
+                    tracing::debug!(%key, error = %e, "lease release failed; it expires");
+                }
+                result
+            }
+            Ok(false) => {
+                // Lost: someone else is loading. Poll for their value.
+                let deadline = Instant::now() + self.lease_wait;
+                let mut pause = FIRST_POLL;
+                let mut outcome = Outcome::Miss;
+                while Instant::now() < deadline {
+                    tokio::time::sleep(pause.min(deadline - Instant::now())).await;
+                    pause = (pause * 2).min(MAX_POLL);
+                    match self.read(key).await {
+                        Ok(Some(v)) => return Ok((v.into_value(), Outcome::Hit)),
+                        Ok(None) => continue,
+                        Err(_) => {
+                            outcome = Outcome::Bypass;
+                            break;
+                        }
+                    }
+                }
+                // The holder is slow or gone (or the cache is): load, but do
+                // not write back (its value, fresher or not, is about to land).
+                tracing::debug!(%key, "lease wait over: loading without writing back");
+                Ok((loader().await?, outcome))
+            }
+            Err(e) => {
+                tracing::debug!(%key, error = %e, "lease failed: bypass");
+                Ok((loader().await?, Outcome::Bypass))
+            }
+        }
+    }
+
+    /// Loads, stores (errors logged, never returned) and answers `Miss`.
+    async fn load_and_store<F, Fut, E>(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<(Vec<u8>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+    {
+        let started = Instant::now();
+        let value = loader().await?;
+        let delta = started.elapsed();
+        match self.store(key, &value, ttl, delta).await {
+            Ok(()) => Ok((value, Outcome::Miss)),
+            Err(e @ CacheError::TooLarge { .. }) => {
+                tracing::debug!(%key, error = %e, "not cached");
+                Ok((value, Outcome::Miss))
+            }
+            Err(e) => {
+                tracing::debug!(%key, error = %e, "cache write failed: bypass");
+                Ok((value, Outcome::Bypass))
+            }
+        }
+    }
+
+    async fn store(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Duration,
+        delta: Duration,
+    ) -> Result<(), CacheError> {
+        let ttl = self.jittered(ttl);
+        if self.policy == Stampede::XFetch {
+            let entry = encode_timed(value, delta, unix_now() + ttl);
+            self.backend.set(key, &entry, ttl).await
+        } else {
+            self.backend.set(key, value, ttl).await
+        }
+    }
+
+    async fn read(&self, key: &Key) -> Result<Option<Stored>, CacheError> {
+        Ok(self.backend.get(key).await?.and_then(|v| self.decode(v)))
+    }
+
+    /// A stored value as this policy wrote it; an XFetch envelope that
+    /// does not parse is a miss.
+    fn decode(&self, raw: Vec<u8>) -> Option<Stored> {
+        if self.policy == Stampede::XFetch {
+            decode_timed(&raw).map(Stored::Timed)
+        } else {
+            Some(Stored::Plain(raw))
+        }
+    }
+
+    fn recompute_early(&self, entry: &Timed) -> bool {
+        let r: f64 = self.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
+        should_recompute(unix_now(), entry.delta, self.beta, entry.expiry, 1.0 - r)
+    }
+
+    fn jittered(&self, ttl: Duration) -> Duration {
+        if self.jitter == 0.0 {
+            return ttl;
+        }
+        let u: f64 = self.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
+        ttl.mul_f64(1.0 - self.jitter * u)
+    }
+}
+
+/// What a read found.
+enum Stored {
+    Plain(Vec<u8>),
+    Timed(Timed),
+}
+
+impl Stored {
+    fn into_value(self) -> Vec<u8> {
+        match self {
+            Stored::Plain(v) => v,
+            Stored::Timed(t) => t.value,
+        }
+    }
+}
+
+/// An XFetch entry: the value, its compute time and its expiry.
+#[derive(Debug, PartialEq)]
+struct Timed {
+    value: Vec<u8>,
+    delta: Duration,
+    /// Since the Unix epoch (wall clock: shared by every clone).
+    expiry: Duration,
+}
+
+/// XFetch's rule: recompute when `now - delta * beta * ln(r) >= expiry`,
+/// `r` uniform in `(0, 1]`. `-ln(r)` is exponentially distributed, so the
+/// chance of an early recompute is `exp(-(expiry - now) / (delta * beta))`:
+/// negligible while expiry is many `delta`s away, certain once it passed.
+fn should_recompute(now: Duration, delta: Duration, beta: f64, expiry: Duration, r: f64) -> bool {
+    let early = delta.as_secs_f64() * beta * -r.ln();
+    now.as_secs_f64() + early >= expiry.as_secs_f64()
+}
+
+/// Marks an XFetch envelope: `X`, delta (ms, u32 LE), expiry (ms since the
+/// epoch, u64 LE), then the value.
+const TIMED_MAGIC: u8 = b'X';
+const TIMED_HEADER: usize = 1 + 4 + 8;
+
+fn encode_timed(value: &[u8], delta: Duration, expiry: Duration) -> Vec<u8> {
+    let delta_ms = u32::try_from(delta.as_millis()).unwrap_or(u32::MAX);
+    let expiry_ms = u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX);
+    let mut out = Vec::with_capacity(TIMED_HEADER + value.len());
+    out.push(TIMED_MAGIC);
+    out.extend_from_slice(&delta_ms.to_le_bytes());
+    out.extend_from_slice(&expiry_ms.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode_timed(raw: &[u8]) -> Option<Timed> {
+    if raw.len() < TIMED_HEADER || raw[0] != TIMED_MAGIC {
+        return None;
+    }
+    let delta_ms = u32::from_le_bytes(raw[1..5].try_into().ok()?);
+    let expiry_ms = u64::from_le_bytes(raw[5..13].try_into().ok()?);
+    Some(Timed {
+        value: raw[TIMED_HEADER..].to_vec(),
+        delta: Duration::from_millis(u64::from(delta_ms)),
+        expiry: Duration::from_millis(expiry_ms),
+    })
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Single-flight: concurrent misses on one key in this process share the
+/// first one's load.
+///
+/// The first caller for a key (the leader) registers a `watch` channel and
+/// runs the work; the others (followers) wait on the channel. When the
+/// leader's work fails, or its request is dropped mid-way, the channel
+/// closes without a value and each follower runs the work itself: a
+/// follower never gets a value the leader did not produce, and never
+/// waits forever.
+#[derive(Default)]
+pub struct Flights {
+    in_flight: Mutex<HashMap<String, watch::Receiver<Option<Landed>>>>,
+}
+
+/// What a leader hands its followers.
+#[derive(Clone)]
+struct Landed {
+    value: Arc<[u8]>,
+    outcome: Outcome,
+}
+
+impl Flights {
+    /// Runs `work` for `key`, or waits for the run already in flight.
+    pub async fn run<F, Fut, E>(&self, key: &Key, work: F) -> Result<(Vec<u8>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Vec<u8>, Outcome), E>>,
+    {
+        let joined = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let existing = map.get(key.as_str()).cloned();
+            match existing {
+                Some(rx) => Err(rx),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(key.as_str().to_owned(), rx);
+                    Ok(tx)
+                }
+            }
+        };
+        match joined {
+            Ok(tx) => {
+                // Removes the entry however this ends, drop included.
+                let _landing = Landing { flights: self, key };
+                let result = work().await;
+                if let Ok((value, outcome)) = &result {
+                    let _ = tx.send(Some(Landed {
+                        value: Arc::from(value.as_slice()),
+                        outcome: *outcome,
+                    }));
+                }
+                result
+            }
+            Err(mut rx) => {
+                let landed = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|l| (*l).clone());
+                match landed {
+                    Some(l) => Ok((l.value.to_vec(), l.outcome)),
+                    None => work().await,
+                }
+            }
+        }
+    }
+
+    /// Keys with a load in flight now (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Whether no load is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Landing<'a> {
+    flights: &'a Flights,
+    key: &'a Key,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.flights
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.key.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn xfetch_never_recomputes_far_from_expiry() {
+        // 300 s to go, 50 ms to compute: exp(-6000), zero in practice.
+        for r in [1.0, 0.5, 0.01, 1e-9] {
+            assert!(!should_recompute(
+                secs(1000.0),
+                secs(0.05),
+                1.0,
+                secs(1300.0),
+                r
+            ));
+        }
+    }
+
+    #[test]
+    fn xfetch_always_recomputes_past_expiry() {
+        for r in [1.0, 0.5, 1e-9] {
+            assert!(should_recompute(
+                secs(1300.0),
+                secs(0.05),
+                1.0,
+                secs(1300.0),
+                r
+            ));
+        }
+    }
+
+    #[test]
+    fn xfetch_recomputes_early_when_the_draw_is_low() {
+        // 1 s to go, 1 s to compute: recompute iff -ln(r) >= 1, r <= 1/e.
+        let (now, delta, expiry) = (secs(100.0), secs(1.0), secs(101.0));
+        assert!(should_recompute(now, delta, 1.0, expiry, 0.3));
+        assert!(!should_recompute(now, delta, 1.0, expiry, 0.4));
+        // A larger beta recomputes earlier.
+        assert!(should_recompute(now, delta, 2.0, expiry, 0.6));
+    }
+
+    #[test]
+    fn timed_entries_round_trip() {
+        let entry = encode_timed(
+            b"value",
+            Duration::from_millis(42),
+            Duration::from_millis(7),
+        );
+        assert_eq!(
+            decode_timed(&entry),
+            Some(Timed {
+                value: b"value".to_vec(),
+                delta: Duration::from_millis(42),
+                expiry: Duration::from_millis(7),
+            })
+        );
+        assert_eq!(decode_timed(b"plain value"), None);
+        assert_eq!(decode_timed(b"X12"), None);
+    }
+
+    #[test]
+    fn outcomes_spell_the_header() {
+        let spelled: Vec<&str> = [Outcome::Hit, Outcome::Miss, Outcome::Bypass]
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
+        assert_eq!(spelled, ["hit", "miss", "bypass"]);
+    }
+
+    #[test]
+    fn policies_parse_as_the_flag_spells_them() {
+        use clap::ValueEnum;
+        for p in [
+            Stampede::None,
+            Stampede::SingleFlight,
+            Stampede::Lease,
+            Stampede::XFetch,
+        ] {
+            assert_eq!(Stampede::from_str(p.as_str(), false), Ok(p));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_loads_itself_when_the_leader_fails() {
+        let flights = Arc::new(Flights::default());
+        let key = Key::new("test", &["k"]);
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<()>();
+        let leader = {
+            let (flights, key) = (flights.clone(), key.clone());
+            tokio::spawn(async move {
+                flights
+                    .run(&key, || async move {
+                        started_tx.send(()).unwrap();
+                        fail_rx.await.unwrap();
+                        Err::<(Vec<u8>, Outcome), &str>("database down")
+                    })
+                    .await
+            })
+        };
+        started_rx.await.unwrap();
+        let follower = {
+            let (flights, key) = (flights.clone(), key.clone());
+            tokio::spawn(async move {
+                flights
+                    .run(&key, || async {
+                        Ok::<_, &str>((b"own".to_vec(), Outcome::Miss))
+                    })
+                    .await
+            })
+        };
+        // The follower is waiting on the leader's flight; fail the leader.
+        fail_tx.send(()).unwrap();
+        assert_eq!(leader.await.unwrap(), Err("database down"));
+        assert_eq!(
+            follower.await.unwrap(),
+            Ok((b"own".to_vec(), Outcome::Miss))
+        );
+        assert!(flights.is_empty());
+    }
+}

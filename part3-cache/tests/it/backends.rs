@@ -1,0 +1,372 @@
+//! Memcached and Redis through one trait, against the real servers.
+//!
+//! Every test runs the same calls on both backends, each with a key prefix
+//! of its own, so tests run in parallel on the shared servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::testing;
+use part3_cache::backend::{
+    CacheBackend, CacheError, DEFAULT_MAX_VALUE_BYTES, Memcached, RedisCache,
+};
+use part3_cache::key::Key;
+
+/// The deadline tests give the cache: long, so a busy machine never turns
+/// a hit into a timeout; the closed-port tests use the real default.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `host:port` of a `memcache://host:port?...` URL.
+fn memcached_addr(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['?', '/', ','])
+        .next()
+        .unwrap_or(rest)
+        .to_owned()
+}
+
+/// Memcached at `MEMCACHED_URL` with `prefix`; panics with the command
+/// that starts it.
+pub async fn memcached(prefix: &str) -> Memcached {
+    let url = testing::stack().memcached_url;
+    testing::tcp("Memcached", &memcached_addr(&url))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Memcached::connect(&url, prefix, TEST_TIMEOUT)
+        .await
+        .unwrap()
+}
+
+/// Redis at `REDIS_URL` with `prefix`; panics with the command that
+/// starts it.
+pub async fn redis(prefix: &str) -> RedisCache {
+    let url = testing::stack().redis_url;
+    testing::redis_at(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    RedisCache::connect(&url, prefix, TEST_TIMEOUT)
+        .await
+        .unwrap()
+}
+
+/// Both backends, each with a fresh prefix (`test_..._:`).
+pub async fn both(test: &str) -> Vec<Arc<dyn CacheBackend>> {
+    vec![
+        Arc::new(memcached(&prefix(test)).await),
+        Arc::new(redis(&prefix(test)).await),
+    ]
+}
+
+/// A unique key prefix for one test.
+pub fn prefix(test: &str) -> String {
+    format!("{}:", testing::unique_name(test))
+}
+
+/// A port on 127.0.0.1 with nothing listening.
+pub async fn closed_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Polls `f` until it is true; panics after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_value_round_trips_and_is_deleted() {
+    for cache in both("rt").await {
+        let key = Key::new("article", &["1"]);
+        assert_eq!(cache.get(&key).await.unwrap(), None, "{}", cache.name());
+        cache
+            .set(&key, b"first", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get(&key).await.unwrap().as_deref(),
+            Some(&b"first"[..])
+        );
+        cache
+            .set(&key, b"second", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get(&key).await.unwrap().as_deref(),
+            Some(&b"second"[..])
+        );
+        cache.delete(&key).await.unwrap();
+        assert_eq!(cache.get(&key).await.unwrap(), None, "{}", cache.name());
+        // Deleting what is not there is not an error.
+        cache.delete(&key).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn get_many_answers_every_key_in_order_in_one_call() {
+    for cache in both("many").await {
+        let keys: Vec<Key> = (0..20)
+            .map(|i| Key::new("article", &[&i.to_string()]))
+            .collect();
+        for key in keys.iter().step_by(2) {
+            cache
+                .set(key, key.as_str().as_bytes(), Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        let values = cache.get_many(&keys).await.unwrap();
+        assert_eq!(values.len(), keys.len());
+        for (i, (key, value)) in keys.iter().zip(&values).enumerate() {
+            let expected = (i % 2 == 0).then(|| key.as_str().as_bytes().to_vec());
+            assert_eq!(value, &expected, "{} key {key}", cache.name());
+        }
+        assert_eq!(
+            cache.get_many(&[]).await.unwrap(),
+            Vec::<Option<Vec<u8>>>::new()
+        );
+        cache.delete_many(&keys).await.unwrap();
+        let gone = cache.get_many(&keys).await.unwrap();
+        assert!(gone.iter().all(Option::is_none), "{}", cache.name());
+    }
+}
+
+#[tokio::test]
+async fn add_stores_only_when_absent() {
+    for cache in both("add").await {
+        let key = Key::new("lock", &["a"]);
+        assert!(
+            cache
+                .add(&key, b"one", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !cache
+                .add(&key, b"two", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some(&b"one"[..]));
+        cache.delete(&key).await.unwrap();
+        assert!(
+            cache
+                .add(&key, b"three", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_adds_from_separate_connections_have_one_winner() {
+    let prefixes = (prefix("race_m"), prefix("race_r"));
+    let mut groups: Vec<Vec<Arc<dyn CacheBackend>>> = vec![Vec::new(), Vec::new()];
+    for _ in 0..10 {
+        groups[0].push(Arc::new(memcached(&prefixes.0).await));
+        groups[1].push(Arc::new(redis(&prefixes.1).await));
+    }
+    for group in groups {
+        let key = Key::new("lock", &["contended"]);
+        let won = futures::future::join_all(group.iter().enumerate().map(|(i, cache)| {
+            let key = key.clone();
+            async move {
+                cache
+                    .add(&key, i.to_string().as_bytes(), Duration::from_secs(60))
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{}", group[0].name());
+    }
+}
+
+#[tokio::test]
+async fn a_value_expires_after_its_ttl() {
+    for cache in both("ttl").await {
+        let key = Key::new("article", &["ttl"]);
+        // Memcached counts whole seconds: one second is its shortest TTL.
+        cache
+            .set(&key, b"short", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let long = Key::new("article", &["long"]);
+        cache
+            .set(&long, b"long", Duration::from_secs(60))
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(5), "the value expires", || async {
+            cache.get(&key).await.unwrap().is_none()
+        })
+        .await;
+        assert_eq!(
+            cache.get(&long).await.unwrap().as_deref(),
+            Some(&b"long"[..])
+        );
+    }
+}
+
+#[tokio::test]
+async fn values_over_the_bound_are_not_cached() {
+    let (p1, p2) = (prefix("big_m"), prefix("big_r"));
+    let small: Vec<Arc<dyn CacheBackend>> = vec![
+        Arc::new(memcached(&p1).await.with_max_value_bytes(1024)),
+        Arc::new(redis(&p2).await.with_max_value_bytes(1024)),
+    ];
+    for cache in small {
+        let key = Key::new("article", &["big"]);
+        let err = cache
+            .set(&key, &[b'x'; 2048], Duration::from_secs(60))
+            .await;
+        assert!(
+            matches!(
+                err,
+                Err(CacheError::TooLarge {
+                    size: 2048,
+                    max: 1024
+                })
+            ),
+            "{}: {err:?}",
+            cache.name()
+        );
+        assert!(matches!(
+            cache
+                .add(&key, &[b'x'; 2048], Duration::from_secs(60))
+                .await,
+            Err(CacheError::TooLarge { .. })
+        ));
+        assert_eq!(cache.get(&key).await.unwrap(), None);
+        cache
+            .set(&key, &[b'x'; 1024], Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(cache.get(&key).await.unwrap().map(|v| v.len()), Some(1024));
+    }
+    // The default bound: exactly at it is cached, one byte over is not.
+    for cache in both("bigdefault").await {
+        let key = Key::new("article", &["default"]);
+        let at = vec![b'y'; DEFAULT_MAX_VALUE_BYTES];
+        cache.set(&key, &at, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(
+            cache.get(&key).await.unwrap().as_deref(),
+            Some(at.as_slice())
+        );
+        let over = vec![b'y'; DEFAULT_MAX_VALUE_BYTES + 1];
+        assert!(matches!(
+            cache.set(&key, &over, Duration::from_secs(60)).await,
+            Err(CacheError::TooLarge { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn prefixes_keep_tests_apart() {
+    let (a, b) = (prefix("pa"), prefix("pb"));
+    let pairs: Vec<(Arc<dyn CacheBackend>, Arc<dyn CacheBackend>)> = vec![
+        (Arc::new(memcached(&a).await), Arc::new(memcached(&b).await)),
+        (Arc::new(redis(&a).await), Arc::new(redis(&b).await)),
+    ];
+    for (first, second) in pairs {
+        let key = Key::new("article", &["same"]);
+        first
+            .set(&key, b"a", Duration::from_secs(60))
+            .await
+            .unwrap();
+        second
+            .set(&key, b"b", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(first.get(&key).await.unwrap().as_deref(), Some(&b"a"[..]));
+        assert_eq!(second.get(&key).await.unwrap().as_deref(), Some(&b"b"[..]));
+    }
+}
+
+#[tokio::test]
+async fn a_bad_prefix_is_refused_at_start() {
+    let stack = testing::stack();
+    assert!(matches!(
+        Memcached::connect(&stack.memcached_url, "a b", TEST_TIMEOUT).await,
+        Err(CacheError::Config(_))
+    ));
+    assert!(matches!(
+        RedisCache::connect(&stack.redis_url, "a\r\nb", TEST_TIMEOUT).await,
+        Err(CacheError::Config(_))
+    ));
+}
+
+/// `op`'s answer, or a panic if it hangs: the guard is far above the
+/// cache's deadline, it is not a timing assertion.
+async fn guarded<T>(name: &str, op: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), op)
+        .await
+        .unwrap_or_else(|_| panic!("{name} hung"))
+}
+
+/// Every operation on `cache` fails, and none hangs.
+async fn every_operation_fails(cache: &dyn CacheBackend) {
+    let key = Key::new("article", &["1"]);
+    let keys = [key.clone(), Key::new("article", &["2"])];
+    let ttl = Duration::from_secs(1);
+    let name = cache.name();
+    let r = guarded("get", cache.get(&key)).await;
+    assert!(r.is_err(), "{name}: get {r:?}");
+    let r = guarded("get_many", cache.get_many(&keys)).await;
+    assert!(r.is_err(), "{name}: get_many {r:?}");
+    let r = guarded("set", cache.set(&key, b"v", ttl)).await;
+    assert!(r.is_err(), "{name}: set {r:?}");
+    let r = guarded("add", cache.add(&key, b"v", ttl)).await;
+    assert!(r.is_err(), "{name}: add {r:?}");
+    let r = guarded("delete", cache.delete(&key)).await;
+    assert!(r.is_err(), "{name}: delete {r:?}");
+    let r = guarded("delete_many", cache.delete_many(&keys)).await;
+    assert!(r.is_err(), "{name}: delete_many {r:?}");
+}
+
+#[tokio::test]
+async fn a_cache_at_a_closed_port_answers_errors_not_hangs() {
+    let port = closed_port().await;
+    let timeout = part3_cache::backend::DEFAULT_TIMEOUT;
+    // Connecting is lazy: a clone starts while its cache is down.
+    let memcached = Memcached::connect(&format!("memcache://127.0.0.1:{port}"), "", timeout)
+        .await
+        .unwrap();
+    let redis = RedisCache::connect(&format!("redis://127.0.0.1:{port}"), "", timeout)
+        .await
+        .unwrap();
+    every_operation_fails(&memcached).await;
+    every_operation_fails(&redis).await;
+}
+
+#[tokio::test]
+async fn a_cache_that_never_answers_times_out() {
+    // A listener that is never accepted from: the kernel completes the
+    // handshake, nobody reads. A hung server looks like this.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let timeout = part3_cache::backend::DEFAULT_TIMEOUT;
+    let memcached = Memcached::connect(&format!("memcache://127.0.0.1:{port}"), "", timeout)
+        .await
+        .unwrap();
+    let redis = RedisCache::connect(&format!("redis://127.0.0.1:{port}"), "", timeout)
+        .await
+        .unwrap();
+    for cache in [&memcached as &dyn CacheBackend, &redis] {
+        let r = guarded("get", cache.get(&Key::new("a", &["1"]))).await;
+        assert!(
+            matches!(r, Err(CacheError::Timeout(_) | CacheError::Unavailable(_))),
+            "{}: {r:?}",
+            cache.name()
+        );
+    }
+    drop(listener);
+}
