@@ -48,6 +48,7 @@
 //! `MEMCACHED_URL` and `REDIS_URL`.
 
 pub mod backend;
+pub mod demo;
 pub mod key;
 pub mod pattern;
 pub mod render;
@@ -60,17 +61,3 @@ pub const PART: u8 = 3;
 pub const TITLE: &str = "Cache";
 /// The article's claim, as the report quotes it.
 pub const CLAIM: &str = "Put an in-memory cache between the application and the database. Cache assembled objects, not hashed queries, because an object can be invalidated when it changes: sessions, fully rendered articles, activity streams, friend graphs.";
-
-/// The demo's placeholder: the server is built, the measured experiments
-/// are not. Records part 3 as not built, so the report shows no figure
-/// that was never measured.
-pub fn placeholder_demo() -> anyhow::Result<()> {
-    println!(
-        "Part {PART} ({TITLE}): the server is built (part3-server, ./lab up part3), \
-         the demo is not yet: there are no measured figures to show."
-    );
-    let path = common::results::PartResults::not_built(PART, TITLE, CLAIM)
-        .write(&common::results::results_dir())?;
-    println!("recorded as not built (no figures) in {}", path.display());
-    Ok(())
-}

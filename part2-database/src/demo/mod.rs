@@ -154,7 +154,7 @@ impl Demo {
 }
 
 /// Drops and creates `database` on the server of `url`; returns a pool to it.
-async fn fresh_database(service: &str, url: &str, database: &str) -> anyhow::Result<MySqlPool> {
+pub async fn fresh_database(service: &str, url: &str, database: &str) -> anyhow::Result<MySqlPool> {
     let admin = common::testing::mariadb_at(service, url).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS `{database}`"

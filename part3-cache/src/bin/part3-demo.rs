@@ -1,6 +1,8 @@
-//! Part 3's demo. Not built yet: the server is (`part3-server`), the
-//! measured experiments are not; it says so and records no figures.
+//! Part 3's demo: `./lab tour part3`, or
+//! `cargo run --release -p part3-cache --bin part3-demo` with the stack up.
 
-fn main() -> anyhow::Result<()> {
-    part3_cache::placeholder_demo()
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::telemetry::init();
+    part3_cache::demo::run(clap::Parser::parse()).await
 }

@@ -1,0 +1,360 @@
+//! The experiments of part 3, in the article's order (`./lab tour part3`,
+//! or `cargo run --release -p part3-cache --bin part3-demo`).
+//!
+//! One file per experiment; this file holds what they share: the
+//! arguments, the demo's own database (loaded afresh, the default dataset,
+//! so the most connected user has thousands of friends), clusters of real
+//! `part3-server` clones behind a private HAProxy ([`Demo::cluster`]), the
+//! servers' own counters ([`Demo::com_select`]), and the results, every
+//! figure with its kind (measured, computed or modelled: see
+//! `docs/glossary.md`).
+//!
+//! | # | file | the lesson |
+//! |---|---|---|
+//! | 1 | [`no_cache`] | the article page and the feed with no cache: queries per request, counted by MariaDB |
+//! | 2 | [`query_cache`] | cached queries: stale reads after a write; flush-on-write collapses the hit ratio; MariaDB's own query cache |
+//! | 3 | [`object_cache`] | cached objects: 0 stale reads, the hit ratio, the queries saved, hit against assembly |
+//! | 4 | [`file_cache`] | a file cache on each clone's disk: the other clones serve the old page |
+//! | 5 | [`streams`] | activity streams and the friend graph: the feed for the median and the most connected user; mutual friends from Redis sets |
+//! | 6 | [`backends`] | Memcached against Redis through one trait: p50/p99 at 1, 16, 64; multi-get; memory per object |
+//! | 7 | [`eviction`] | a cache smaller than the data: hit ratio against size, beside the best possible |
+//! | 8 | [`restart`] | a restart of each: Redis keeps what it persisted, Memcached comes back cold; sessions in Memcached |
+//! | 9 | [`stampede`] | a hot object expires under 100 readers: assemblies per strategy |
+//! | 10 | [`stale_set`] | the stale-set race, reproduced, counted, fixed |
+//! | 11 | [`cache_down`] | Memcached stopped under load: 0 failed requests; started: the hit ratio climbs back |
+//!
+//! Variables, besides [`common::demo::DemoArgs`]'s (`DEMO_SECONDS`,
+//! `DEMO_REPEAT`, `LAB_RESULTS_DIR`, the stack's URLs): `DEMO_SCALE`
+//! (`default`), `DEMO_DATABASE` (`demo_part3`), `PART3_SERVER_BIN`
+//! (`part3-server` next to the demo), `MARIADB_PRIMARY_ADMIN_URL`,
+//! `MARIADB_REPLICA_ADMIN_URL`.
+
+pub mod backends;
+pub mod cache_down;
+pub mod eviction;
+pub mod file_cache;
+pub mod no_cache;
+pub mod object_cache;
+pub mod query_cache;
+pub mod restart;
+pub mod stale_set;
+pub mod stampede;
+pub mod streams;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use common::config::with_database;
+use common::dataset::{DatasetSpec, Scale};
+use common::demo::lesson;
+use common::measure::{self, Load, LoadReport};
+use common::results::{Kind, PartResults};
+use part1_clones::cluster::{Cluster, ClusterSpec};
+use sqlx::MySqlPool;
+
+/// Part 3's demo.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "part3-demo", about = "Part 3: the cache, two patterns, measured")]
+pub struct Args {
+    /// Dataset scale: tiny, default (10k users, 100k articles, 500k comments) or large.
+    #[arg(long, env = "DEMO_SCALE", default_value = "default")]
+    pub scale: Scale,
+    /// The database the demo creates on the primary (it replicates).
+    #[arg(long, env = "DEMO_DATABASE", default_value = "demo_part3")]
+    pub database: String,
+    /// The clone binary; default: `part3-server` next to this demo.
+    #[arg(long, env = "PART3_SERVER_BIN")]
+    pub server_bin: Option<PathBuf>,
+    /// An admin login on the primary (global status, query cache size).
+    #[arg(
+        long,
+        env = "MARIADB_PRIMARY_ADMIN_URL",
+        default_value = "mysql://labadmin:labadmin@127.0.0.1:13306/lab"
+    )]
+    pub primary_admin_url: String,
+    /// An admin login on the replica (STOP/START SLAVE, global status).
+    #[arg(
+        long,
+        env = "MARIADB_REPLICA_ADMIN_URL",
+        default_value = "mysql://labadmin:labadmin@127.0.0.1:13307/lab"
+    )]
+    pub replica_admin_url: String,
+    /// What every demo takes: seconds, repeat, results dir, the stack's URLs.
+    #[command(flatten)]
+    pub demo: common::demo::DemoArgs,
+}
+
+/// What the experiments share.
+pub struct Demo {
+    /// The arguments.
+    pub args: Args,
+    /// The dataset, the same for every experiment.
+    pub spec: DatasetSpec,
+    /// The demo's database on the primary.
+    pub primary: MySqlPool,
+    /// The same database on the replica.
+    pub replica: MySqlPool,
+    /// The primary's URL with the demo's database.
+    pub primary_url: String,
+    /// The replica's URL with the demo's database.
+    pub replica_url: String,
+    /// The `part3-server` binary.
+    pub bin: PathBuf,
+    /// Figures so far.
+    pub results: PartResults,
+}
+
+impl Demo {
+    /// Length of each load run.
+    pub fn seconds(&self) -> Duration {
+        self.args.demo.load_time()
+    }
+
+    /// The stack's URLs.
+    pub fn stack(&self) -> &common::config::StackConfig {
+        &self.args.demo.stack
+    }
+
+    /// A cluster of `clones` `part3-server` clones behind a private HAProxy,
+    /// on the demo's database, with a cache key prefix of its own (so no
+    /// two experiments see each other's keys), plus `extra` settings
+    /// (`CACHE`, `CACHE_BACKEND`, `STAMPEDE`, ...; they override the
+    /// defaults here). The clones are killed when the cluster is dropped;
+    /// call [`Cluster::stop`] to stop them cleanly.
+    pub async fn cluster(&self, clones: usize, extra: &[(&str, &str)]) -> anyhow::Result<Cluster> {
+        let prefix = common::testing::unique_name("d3");
+        let stack = self.stack();
+        let mut env: Vec<(&str, &str)> = vec![
+            ("KEY_PREFIX", prefix.as_str()),
+            ("REDIS_URL", stack.redis_url.as_str()),
+            ("MEMCACHED_URL", stack.memcached_url.as_str()),
+            ("MARIADB_PRIMARY_URL", self.primary_url.as_str()),
+            ("MARIADB_REPLICA_URL", self.replica_url.as_str()),
+            ("RUST_LOG", "warn"),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k, v));
+        }
+        Cluster::start(ClusterSpec::new(&self.bin, clones, &env)).await
+    }
+
+    /// A global status counter of the server behind `pool` (`Com_select`,
+    /// `Qcache_hits`, ...): the server's own count, read with
+    /// `SHOW GLOBAL STATUS`. Take it before and after a run; the
+    /// difference is what the run cost that server (the demo's clones are
+    /// the only clients of its database while it runs; other databases on
+    /// the same server count too, so keep the rest of the lab idle).
+    pub async fn global_status(pool: &MySqlPool, name: &str) -> anyhow::Result<u64> {
+        let row: Option<(String, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SHOW GLOBAL STATUS LIKE '{name}'")))
+                .fetch_optional(pool)
+                .await?;
+        let (_, v) = row.ok_or_else(|| anyhow::anyhow!("no global status variable {name}"))?;
+        Ok(v.parse()?)
+    }
+
+    /// `Com_select` on the primary plus the replica: the SELECTs both
+    /// servers ran, by their own counters.
+    pub async fn com_select(&self) -> anyhow::Result<u64> {
+        Ok(Self::global_status(&self.primary, "Com_select").await?
+            + Self::global_status(&self.replica, "Com_select").await?)
+    }
+
+    /// A headline load run, measured `--repeat` times: prints each run and
+    /// records the median with its spread.
+    pub async fn load_runs<F, Fut>(
+        &mut self,
+        kind: Kind,
+        comparison: &str,
+        name: &str,
+        load: Load,
+        request: F,
+    ) -> Vec<LoadReport>
+    where
+        F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let mut runs = Vec::new();
+        for _ in 0..self.args.demo.repeat {
+            let report = measure::run_load(name, load, request.clone()).await;
+            common::demo::figure(kind, report.line());
+            runs.push(report);
+        }
+        self.results.load_runs(kind, comparison, &runs);
+        runs
+    }
+}
+
+/// The `part3-server` beside the running demo binary.
+fn default_server_bin() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name("part3-server");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it (cargo build --release -p part3-cache) or pass --server-bin",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Runs every experiment in the article's order, prints it, and writes `part3.json`.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let bin = match &args.server_bin {
+        Some(b) => b.clone(),
+        None => default_server_bin()?,
+    };
+    let stack = args.demo.stack.clone();
+    let primary = part2_database::demo::fresh_database(
+        "MariaDB primary",
+        &stack.mariadb_primary_url,
+        &args.database,
+    )
+    .await?;
+    let spec = DatasetSpec::new(42, args.scale);
+    part2_database::schema::migrate(&primary).await?;
+    let t = Instant::now();
+    let stats = part2_database::schema::load(&primary, &spec).await?;
+    let primary_url = with_database(&stack.mariadb_primary_url, &args.database);
+    let replica_url = with_database(&stack.mariadb_replica_url, &args.database);
+    let replica = replicated(&primary, &replica_url).await?;
+    let mut results = PartResults::new(crate::PART, crate::TITLE, crate::CLAIM);
+    results.set_repeat(args.demo.repeat);
+    let mut demo = Demo {
+        args,
+        spec,
+        primary,
+        replica,
+        primary_url,
+        replica_url,
+        bin,
+        results,
+    };
+    println!("Part 3: Cache. {}", crate::CLAIM);
+    let s = demo.spec.sizes;
+    common::demo::line(format!(
+        "dataset: {} users, {} articles, {} comments, {} likes drawn (Zipf-skewed), loaded into {} in {:.1} s and replicated ({stats:?})",
+        s.users,
+        s.articles,
+        s.comments,
+        s.likes,
+        demo.args.database,
+        t.elapsed().as_secs_f64()
+    ));
+    lesson(
+        1,
+        "No cache",
+        "The article page and the feed straight from MariaDB, under a Zipf load: what each request costs the database, counted by the database.",
+    );
+    no_cache::run(&mut demo).await?;
+    lesson(
+        2,
+        "Cached queries",
+        "Key = hash of the SQL and its parameters. A comment lands in a cached result: stale reads; flush on every write: the hit ratio collapses. Beside it, MariaDB's own query cache.",
+    );
+    query_cache::run(&mut demo).await?;
+    lesson(
+        3,
+        "Cached objects",
+        "Key = the object's name; every write deletes what it changed after it commits: 0 stale reads, and the database queries saved.",
+    );
+    object_cache::run(&mut demo).await?;
+    lesson(
+        4,
+        "A file cache on each clone's disk (never)",
+        "A write through one clone deletes that clone's file: the others serve the old page.",
+    );
+    file_cache::run(&mut demo).await?;
+    lesson(
+        5,
+        "Activity streams and the friend graph",
+        "The feed merged from cached per-author objects, for the median and the most connected user; mutual friends from a Redis set intersection against SQL.",
+    );
+    streams::run(&mut demo).await?;
+    lesson(
+        6,
+        "Memcached against Redis",
+        "One trait, two servers: get and set latency at 1, 16 and 64 at once, one multi-get against N gets, memory per object.",
+    );
+    backends::run(&mut demo).await?;
+    lesson(
+        7,
+        "A cache smaller than the data",
+        "Zipf reads through a cache holding a fraction of the objects: the hit ratio against its size, beside the best any cache of that size could do.",
+    );
+    eviction::run(&mut demo).await?;
+    lesson(
+        8,
+        "Restarts, and sessions in a cache",
+        "Redis keeps what it persisted; Memcached comes back cold, and the database pays. Sessions in Memcached: a restart logs everyone out.",
+    );
+    restart::run(&mut demo).await?;
+    lesson(
+        9,
+        "Stampede",
+        "A hot object expires while 100 readers want it: database assemblies with no protection, single-flight, a lease, XFetch.",
+    );
+    stampede::run(&mut demo).await?;
+    lesson(
+        10,
+        "The stale-set race",
+        "A read loads from a lagging replica, a write deletes the key, the slow read stores the old object: reproduced, counted, fixed.",
+    );
+    stale_set::run(&mut demo).await?;
+    lesson(
+        11,
+        "The cache goes down",
+        "Memcached stopped under load: every request is served from the database, slower; started again: the hit ratio climbs back.",
+    );
+    cache_down::run(&mut demo).await?;
+    let path = demo.results.write(&demo.args.demo.results_dir)?;
+    println!(
+        "\nresults: {} (the demo took {:.0} s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Waits until the demo's database has reached the replica, then returns a
+/// pool to it there.
+async fn replicated(primary: &MySqlPool, replica_url: &str) -> anyhow::Result<MySqlPool> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let want: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM comments")
+        .fetch_one(primary)
+        .await?;
+    loop {
+        if let Ok(pool) = common::testing::mariadb_at("MariaDB replica", replica_url).await {
+            let have: Option<i64> = sqlx::query_scalar("SELECT COUNT(*) FROM comments")
+                .fetch_one(&pool)
+                .await
+                .ok();
+            if have == Some(want) {
+                return Ok(pool);
+            }
+            pool.close().await;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the demo's database did not reach the replica within 60 s (./lab status; is it replicating?)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_takes_the_shared_flags() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let args = Args::try_parse_from(["part3-demo", "--scale", "tiny", "--repeat", "2"]).unwrap();
+        assert_eq!(args.scale, Scale::Tiny);
+        assert_eq!(args.demo.repeat, 2);
+    }
+}
