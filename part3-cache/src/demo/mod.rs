@@ -56,7 +56,10 @@ use sqlx::MySqlPool;
 
 /// Part 3's demo.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "part3-demo", about = "Part 3: the cache, two patterns, measured")]
+#[command(
+    name = "part3-demo",
+    about = "Part 3: the cache, two patterns, measured"
+)]
 pub struct Args {
     /// Dataset scale: tiny, default (10k users, 100k articles, 500k comments) or large.
     #[arg(long, env = "DEMO_SCALE", default_value = "default")]
@@ -81,6 +84,15 @@ pub struct Args {
         default_value = "mysql://labadmin:labadmin@127.0.0.1:13307/lab"
     )]
     pub replica_admin_url: String,
+    /// Run only these experiments (numbers from the table above, comma
+    /// separated), e.g. `--only 3,4`; all of them by default.
+    #[arg(long, env = "DEMO_ONLY", value_delimiter = ',')]
+    pub only: Vec<u32>,
+    /// Keep the demo's database if it already holds the dataset, instead
+    /// of loading it afresh (quicker while working on one experiment; the
+    /// tour always loads afresh).
+    #[arg(long, env = "DEMO_REUSE", default_value_t = false)]
+    pub reuse: bool,
     /// What every demo takes: seconds, repeat, results dir, the stack's URLs.
     #[command(flatten)]
     pub demo: common::demo::DemoArgs,
@@ -148,10 +160,11 @@ impl Demo {
     /// the only clients of its database while it runs; other databases on
     /// the same server count too, so keep the rest of the lab idle).
     pub async fn global_status(pool: &MySqlPool, name: &str) -> anyhow::Result<u64> {
-        let row: Option<(String, String)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("SHOW GLOBAL STATUS LIKE '{name}'")))
-                .fetch_optional(pool)
-                .await?;
+        let row: Option<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SHOW GLOBAL STATUS LIKE '{name}'"
+        )))
+        .fetch_optional(pool)
+        .await?;
         let (_, v) = row.ok_or_else(|| anyhow::anyhow!("no global status variable {name}"))?;
         Ok(v.parse()?)
     }
@@ -161,6 +174,11 @@ impl Demo {
     pub async fn com_select(&self) -> anyhow::Result<u64> {
         Ok(Self::global_status(&self.primary, "Com_select").await?
             + Self::global_status(&self.replica, "Com_select").await?)
+    }
+
+    /// Whether `--only` asks for experiment `n` (or is empty).
+    pub fn wants(&self, n: u32) -> bool {
+        self.args.only.is_empty() || self.args.only.contains(&n)
     }
 
     /// A headline load run, measured `--repeat` times: prints each run and
@@ -208,17 +226,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => default_server_bin()?,
     };
     let stack = args.demo.stack.clone();
-    let primary = part2_database::demo::fresh_database(
-        "MariaDB primary",
-        &stack.mariadb_primary_url,
-        &args.database,
-    )
-    .await?;
     let spec = DatasetSpec::new(42, args.scale);
-    part2_database::schema::migrate(&primary).await?;
     let t = Instant::now();
-    let stats = part2_database::schema::load(&primary, &spec).await?;
     let primary_url = with_database(&stack.mariadb_primary_url, &args.database);
+    let reused = if args.reuse {
+        match common::testing::mariadb_at("MariaDB primary", &primary_url).await {
+            Ok(pool)
+                if part2_database::schema::loaded(&pool, &spec)
+                    .await
+                    .unwrap_or(false) =>
+            {
+                Some(pool)
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let (primary, how) = match reused {
+        Some(pool) => (pool, "kept (--reuse)".to_owned()),
+        None => {
+            let pool = part2_database::demo::fresh_database(
+                "MariaDB primary",
+                &stack.mariadb_primary_url,
+                &args.database,
+            )
+            .await?;
+            part2_database::schema::migrate(&pool).await?;
+            let stats = part2_database::schema::load(&pool, &spec).await?;
+            (pool, format!("loaded afresh ({stats:?})"))
+        }
+    };
     let replica_url = with_database(&stack.mariadb_replica_url, &args.database);
     let replica = replicated(&primary, &replica_url).await?;
     let mut results = PartResults::new(crate::PART, crate::TITLE, crate::CLAIM);
@@ -236,7 +274,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("Part 3: Cache. {}", crate::CLAIM);
     let s = demo.spec.sizes;
     common::demo::line(format!(
-        "dataset: {} users, {} articles, {} comments, {} likes drawn (Zipf-skewed), loaded into {} in {:.1} s and replicated ({stats:?})",
+        "dataset: {} users, {} articles, {} comments, {} likes drawn (Zipf-skewed), {how} in {}, replicated, in {:.1} s",
         s.users,
         s.articles,
         s.comments,
@@ -244,72 +282,94 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         demo.args.database,
         t.elapsed().as_secs_f64()
     ));
-    lesson(
-        1,
-        "No cache",
-        "The article page and the feed straight from MariaDB, under a Zipf load: what each request costs the database, counted by the database.",
-    );
-    no_cache::run(&mut demo).await?;
-    lesson(
-        2,
-        "Cached queries",
-        "Key = hash of the SQL and its parameters. A comment lands in a cached result: stale reads; flush on every write: the hit ratio collapses. Beside it, MariaDB's own query cache.",
-    );
-    query_cache::run(&mut demo).await?;
-    lesson(
-        3,
-        "Cached objects",
-        "Key = the object's name; every write deletes what it changed after it commits: 0 stale reads, and the database queries saved.",
-    );
-    object_cache::run(&mut demo).await?;
-    lesson(
-        4,
-        "A file cache on each clone's disk (never)",
-        "A write through one clone deletes that clone's file: the others serve the old page.",
-    );
-    file_cache::run(&mut demo).await?;
-    lesson(
-        5,
-        "Activity streams and the friend graph",
-        "The feed merged from cached per-author objects, for the median and the most connected user; mutual friends from a Redis set intersection against SQL.",
-    );
-    streams::run(&mut demo).await?;
-    lesson(
-        6,
-        "Memcached against Redis",
-        "One trait, two servers: get and set latency at 1, 16 and 64 at once, one multi-get against N gets, memory per object.",
-    );
-    backends::run(&mut demo).await?;
-    lesson(
-        7,
-        "A cache smaller than the data",
-        "Zipf reads through a cache holding a fraction of the objects: the hit ratio against its size, beside the best any cache of that size could do.",
-    );
-    eviction::run(&mut demo).await?;
-    lesson(
-        8,
-        "Restarts, and sessions in a cache",
-        "Redis keeps what it persisted; Memcached comes back cold, and the database pays. Sessions in Memcached: a restart logs everyone out.",
-    );
-    restart::run(&mut demo).await?;
-    lesson(
-        9,
-        "Stampede",
-        "A hot object expires while 100 readers want it: database assemblies with no protection, single-flight, a lease, XFetch.",
-    );
-    stampede::run(&mut demo).await?;
-    lesson(
-        10,
-        "The stale-set race",
-        "A read loads from a lagging replica, a write deletes the key, the slow read stores the old object: reproduced, counted, fixed.",
-    );
-    stale_set::run(&mut demo).await?;
-    lesson(
-        11,
-        "The cache goes down",
-        "Memcached stopped under load: every request is served from the database, slower; started again: the hit ratio climbs back.",
-    );
-    cache_down::run(&mut demo).await?;
+    if demo.wants(1) {
+        lesson(
+            1,
+            "No cache",
+            "The article page and the feed straight from MariaDB, under a Zipf load: what each request costs the database, counted by the database.",
+        );
+        no_cache::run(&mut demo).await?;
+    }
+    if demo.wants(2) {
+        lesson(
+            2,
+            "Cached queries",
+            "Key = hash of the SQL and its parameters. A comment lands in a cached result: stale reads; flush on every write: the hit ratio collapses. Beside it, MariaDB's own query cache.",
+        );
+        query_cache::run(&mut demo).await?;
+    }
+    if demo.wants(3) {
+        lesson(
+            3,
+            "Cached objects",
+            "Key = the object's name; every write deletes what it changed after it commits: 0 stale reads, and the database queries saved.",
+        );
+        object_cache::run(&mut demo).await?;
+    }
+    if demo.wants(4) {
+        lesson(
+            4,
+            "A file cache on each clone's disk (never)",
+            "A write through one clone deletes that clone's file: the others serve the old page.",
+        );
+        file_cache::run(&mut demo).await?;
+    }
+    if demo.wants(5) {
+        lesson(
+            5,
+            "Activity streams and the friend graph",
+            "The feed merged from cached per-author objects, for the median and the most connected user; mutual friends from a Redis set intersection against SQL.",
+        );
+        streams::run(&mut demo).await?;
+    }
+    if demo.wants(6) {
+        lesson(
+            6,
+            "Memcached against Redis",
+            "One trait, two servers: get and set latency at 1, 16 and 64 at once, one multi-get against N gets, memory per object.",
+        );
+        backends::run(&mut demo).await?;
+    }
+    if demo.wants(7) {
+        lesson(
+            7,
+            "A cache smaller than the data",
+            "Zipf reads through a cache holding a fraction of the objects: the hit ratio against its size, beside the best any cache of that size could do.",
+        );
+        eviction::run(&mut demo).await?;
+    }
+    if demo.wants(8) {
+        lesson(
+            8,
+            "Restarts, and sessions in a cache",
+            "Redis keeps what it persisted; Memcached comes back cold, and the database pays. Sessions in Memcached: a restart logs everyone out.",
+        );
+        restart::run(&mut demo).await?;
+    }
+    if demo.wants(9) {
+        lesson(
+            9,
+            "Stampede",
+            "A hot object expires while 100 readers want it: database assemblies with no protection, single-flight, a lease, XFetch.",
+        );
+        stampede::run(&mut demo).await?;
+    }
+    if demo.wants(10) {
+        lesson(
+            10,
+            "The stale-set race",
+            "A read loads from a lagging replica, a write deletes the key, the slow read stores the old object: reproduced, counted, fixed.",
+        );
+        stale_set::run(&mut demo).await?;
+    }
+    if demo.wants(11) {
+        lesson(
+            11,
+            "The cache goes down",
+            "Memcached stopped under load: every request is served from the database, slower; started again: the hit ratio climbs back.",
+        );
+        cache_down::run(&mut demo).await?;
+    }
     let path = demo.results.write(&demo.args.demo.results_dir)?;
     println!(
         "\nresults: {} (the demo took {:.0} s)",
@@ -353,7 +413,8 @@ mod tests {
     fn the_command_line_is_well_formed_and_takes_the_shared_flags() {
         use clap::CommandFactory;
         Args::command().debug_assert();
-        let args = Args::try_parse_from(["part3-demo", "--scale", "tiny", "--repeat", "2"]).unwrap();
+        let args =
+            Args::try_parse_from(["part3-demo", "--scale", "tiny", "--repeat", "2"]).unwrap();
         assert_eq!(args.scale, Scale::Tiny);
         assert_eq!(args.demo.repeat, 2);
     }

@@ -7,3 +7,7 @@ mod http;
 mod keys;
 mod stampede;
 mod support;
+mod patterns;
+mod eviction;
+mod races;
+mod streams;

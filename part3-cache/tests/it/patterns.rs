@@ -1,0 +1,1 @@
+//! Owned by a helper; filled in soon.
