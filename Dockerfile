@@ -1,6 +1,6 @@
 # The "server image": every clone runs this same image, as every clone of
-# `./lab up partN` runs the same binary. Used by docker-compose's part1 and
-# part2 profiles; ./lab builds the same binaries natively.
+# `./lab up partN` runs the same binary. Used by docker-compose's part1,
+# part2 and part3 profiles; ./lab builds the same binaries natively.
 #
 # It holds each part's server and its loader (partN-load runs once, as a
 # one-shot service, before the clones start).
@@ -9,11 +9,13 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release \
     -p part1-clones --bin part1-server --bin part1-load \
-    -p part2-database --bin part2-server --bin part2-load
+    -p part2-database --bin part2-server --bin part2-load \
+    -p part3-cache --bin part3-server
 
 FROM debian:bookworm-slim
 COPY --from=build /src/target/release/part1-server /src/target/release/part1-load \
-    /src/target/release/part2-server /src/target/release/part2-load /usr/local/bin/
+    /src/target/release/part2-server /src/target/release/part2-load \
+    /src/target/release/part3-server /usr/local/bin/
 # Listen on every interface of the container: HAProxy dials the clone by
 # its service address, not loopback.
 ENV BIND_ADDR=0.0.0.0 PORT=8080

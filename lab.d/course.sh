@@ -296,7 +296,7 @@ cmd_test() {
     say "docker-compose config"
     local profile
     docker-compose -f docker-compose.yml config -q
-    for profile in part1 part2; do
+    for profile in part1 part2 part3; do
         docker-compose -f docker-compose.yml --profile "$profile" config -q
     done
     say "all checks passed"

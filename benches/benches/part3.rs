@@ -12,8 +12,13 @@
 //!   Redis's: compare the medians criterion prints.
 //! - `multi_get`: the feed's read of 20 per-author objects, as one
 //!   `get_many` (one round trip) against 20 `get`s in turn, on both.
+//! - `backend_set`: storing the same article, `memcached` against `redis`.
 //! - `serialize`: the cached article object (`ArticlePage`) to and from
 //!   JSON, the cost every hit pays on top of the round trip.
+//! - `hit_vs_assembly`: the object cache's point: a hit (get plus decode)
+//!   on each backend against assembling the same article from MariaDB
+//!   (`articles::page`, two queries), on a database of the bench's own
+//!   (the tiny dataset). The issue asks for a hit at least 10x faster.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -120,6 +125,15 @@ fn cache(c: &mut Criterion) {
     }
     g.finish();
 
+    let mut g = c.benchmark_group("backend_set");
+    for (name, backend) in &backends {
+        g.bench_function(*name, |b| {
+            b.to_async(&rt)
+                .iter(|| async { backend.set(one, &value, TTL).await.unwrap() })
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("multi_get");
     for (name, backend) in &backends {
         g.bench_function(format!("{name} get_many(20)"), |b| {
@@ -145,6 +159,64 @@ fn cache(c: &mut Criterion) {
     });
 }
 
+fn hit_vs_assembly(c: &mut Criterion) {
+    use common::dataset::{DatasetSpec, Scale};
+    use part2_database::articles::{self, Shape};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stack = testing::stack();
+    let spec = DatasetSpec::new(7, Scale::Tiny);
+    let hot = spec.article_popularity().id_of_rank(1);
+    let prefix = format!("{}:", testing::unique_name("bench3h"));
+    let key = Key::new("article", &[&hot.to_string()]);
+    let (db, backends) = rt.block_on(async {
+        let db = testing::TestDatabase::create("MariaDB primary", &stack.mariadb_primary_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        part2_database::schema::migrate(&db.pool).await.unwrap();
+        part2_database::schema::load(&db.pool, &spec).await.unwrap();
+        let page = articles::page(&db.pool, Shape::Denormalized, hot)
+            .await
+            .unwrap()
+            .expect("the hot article");
+        let bytes = serde_json::to_vec(&page).unwrap();
+        let mc = Memcached::connect(&stack.memcached_url, &prefix, BENCH_TIMEOUT)
+            .await
+            .unwrap();
+        let rd = RedisCache::connect(&stack.redis_url, &prefix, BENCH_TIMEOUT)
+            .await
+            .unwrap();
+        mc.set(&key, &bytes, TTL).await.unwrap();
+        rd.set(&key, &bytes, TTL).await.unwrap();
+        let backends: [(&str, Arc<dyn CacheBackend>); 2] =
+            [("memcached", Arc::new(mc)), ("redis", Arc::new(rd))];
+        (db, backends)
+    });
+    let mut g = c.benchmark_group("hit_vs_assembly");
+    g.bench_function("assemble from MariaDB", |b| {
+        b.to_async(&rt).iter(|| async {
+            articles::page(&db.pool, Shape::Denormalized, hot)
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    });
+    for (name, backend) in &backends {
+        g.bench_function(format!("{name} hit"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let bytes = backend.get(&key).await.unwrap().unwrap();
+                serde_json::from_slice::<ArticlePage>(&bytes).unwrap()
+            })
+        });
+    }
+    g.finish();
+    rt.block_on(async {
+        for (_, backend) in &backends {
+            backend.delete(&key).await.unwrap();
+        }
+        db.drop_database().await;
+    });
+}
+
 fn serialize(c: &mut Criterion) {
     let page = article();
     let bytes = serde_json::to_vec(&page).unwrap();
@@ -161,6 +233,6 @@ fn serialize(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = cache, serialize
+    targets = cache, serialize, hit_vs_assembly
 }
 criterion_main!(benches);

@@ -23,12 +23,19 @@
 //!
 //! Keys are [`Key`]s, safe by construction; each backend puts its prefix
 //! (given at construction: tests use a unique one) in front of them.
+//!
+//! A third implementation, [`FileCache`] (`--cache-backend file`), is the
+//! anti-pattern the article warns about: a cache in files on each clone's
+//! own disk. It keeps the same rules, and it is wrong anyway: a write
+//! through one clone deletes that clone's copy only (see `backend/file.rs`).
 
+mod file;
 mod memcached;
 mod redis;
 
 use std::time::Duration;
 
+pub use self::file::{DEFAULT_MAX_DIR_BYTES, FileCache};
 pub use self::memcached::Memcached;
 pub use self::redis::RedisCache;
 use crate::key::Key;
@@ -71,7 +78,7 @@ pub enum CacheError {
 
 /// A cache server, as the object cache uses it.
 pub trait CacheBackend: Send + Sync + 'static {
-    /// `"memcached"` or `"redis"`, as the flag spells it.
+    /// `"memcached"`, `"redis"` or `"file"`, as the flag spells it.
     fn name(&self) -> &'static str;
 
     /// The value under `key`, or `None` on a miss.

@@ -28,21 +28,27 @@
 //! 1. [`key`]: keys that never carry raw user text onto the wire.
 //! 2. [`backend`]: one trait, Memcached and Redis behind it, every call
 //!    with a short timeout and a size bound.
-//! 3. [`server`]: part 2's server with the cache in front of three pages;
-//!    [`server::cache`] is the read-through and the invalidation after
-//!    commit, [`server::feed`] the activity stream merged from per-author
-//!    objects with one multi-get.
-//! 4. [`render`]: the article as a fully rendered, escaped HTML page.
-//!
-//! The stampede protection (`--stampede`) and the measured experiments
-//! (the demo) are the next steps of the issue; the flag is accepted and
-//! printed already.
+//! 3. [`stampede`]: the read-through, what a hundred readers of one missing
+//!    object do (single-flight, a lease, XFetch), and the fill guard that
+//!    stops a slow read from storing an object a write just replaced.
+//! 4. [`server`]: part 2's server with the cache in front of its pages;
+//!    [`server::cache`] is the read and the invalidation after commit,
+//!    [`server::feed`] the activity stream merged from the site-wide
+//!    window (`latest:site`) or per-author objects (a post deletes two
+//!    objects, whoever the author), [`server::graph`] the friend graph as
+//!    Redis sets (mutual friends by `SINTER`).
+//! 5. [`render`]: the article as a fully rendered, escaped HTML page.
+//! 6. [`sessions`]: sessions in Memcached, to show why part 1 put them in
+//!    Redis (a restart or an eviction logs users out).
+//! 7. [`demo`]: the eleven experiments, each measured (`./lab tour part3`).
 //!
 //! ## Configuration
 //!
 //! `part3-server` takes every flag and variable of part 2's server, plus
 //! `CACHE` (`--cache`, `object`), `CACHE_BACKEND` (`--cache-backend`,
-//! `memcached`), `CACHE_TTL_SECS` (`300`), `CACHE_JITTER` (`0.1`),
+//! `memcached`; `redis`, or `file`: the anti-pattern, a directory per
+//! clone, `CACHE_FILE_DIR` (a directory per clone under the temp dir) and
+//! `CACHE_FILE_MAX_BYTES` (`268435456`)), `CACHE_TTL_SECS` (`300`), `CACHE_JITTER` (`0.1`),
 //! `STAMPEDE` (`lease`), `CACHE_TIMEOUT_MS` (`50`) and
 //! `CACHE_MAX_VALUE_BYTES` (`524288`); the cache servers are the stack's
 //! `MEMCACHED_URL` and `REDIS_URL`.
@@ -53,6 +59,7 @@ pub mod key;
 pub mod pattern;
 pub mod render;
 pub mod server;
+pub mod sessions;
 pub mod stampede;
 
 /// The part's number.

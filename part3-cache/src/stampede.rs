@@ -17,7 +17,9 @@
 //!   processes: the first to `add` `{key}:lease` loads; the others poll the
 //!   cache until the value is there, or until a deadline, after which they
 //!   load for themselves without writing back (a dead or slow lease holder
-//!   must not stall the page). One load in all.
+//!   must not stall the page). A waiter that finds the lease released and
+//!   still no value (the holder's fill was overtaken by a write, or its
+//!   load failed) takes the lease itself. One load in all.
 //! - **`xfetch`**: probabilistic early expiration (Vattani, Chierichetti and
 //!   Lowenstein, *Optimal Probabilistic Cache Stampede Prevention*, VLDB
 //!   2015). The value is stored with how long it took to compute (`delta`)
@@ -25,10 +27,62 @@
 //!   that grows as expiry nears and with `delta`:
 //!   `now - delta * beta * ln(rand) >= expiry`. Under steady traffic one
 //!   reader refreshes the value before it expires, so nobody misses; it
-//!   does nothing for a key that is already gone (a cold start).
+//!   does nothing for a key that is already gone (a cold start). Two
+//!   additions of this code: the entry is kept a second past its logical
+//!   expiry (memcached's clock ticks in whole seconds), and while one
+//!   reader of a clone refreshes it, the clone's other readers whose draw
+//!   also says "refresh" serve the cached value instead (without that, on
+//!   a busy server every reader past the expiry, or close to it, refreshes
+//!   at once: a herd again, measured in experiment 9).
 //!
 //! Whatever the strategy, a cache error never fails the read: the loader
 //! runs and the answer is [`Outcome::Bypass`].
+//!
+//! ## The stale-set race, and its fix
+//!
+//! Read-through has a race of its own, apart from herds (experiment 10 of
+//! the demo, `tests/it/races.rs`):
+//!
+//! 1. a read misses and loads the article (from a lagging replica, or from
+//!    the primary just before a write commits): the old version;
+//! 2. a write commits and deletes the key (invalidation after commit);
+//! 3. the slow read now stores what it loaded. The old object is back in
+//!    the cache, after the delete that was meant to remove it, and every
+//!    reader on every clone gets it until its TTL (minutes).
+//!
+//! The delete came *before* the set, so deleting harder does not help: the
+//! fill has to learn that a write happened while it was loading. The fix
+//! here is a version marker, Facebook's lease tokens (Nishtala et al.
+//! 2013, §3.2.1) written out over `get`/`set`/`delete`:
+//!
+//! - [`ReadThrough::invalidate`] first sets `{key}:written` to a fresh
+//!   random token (TTL [`DEFAULT_WRITTEN_TTL`]), then deletes the key.
+//! - A fill reads `{key}:written` *before* it loads (`before`), and again
+//!   after: if the marker changed (a write happened meanwhile), it serves
+//!   what it loaded but does not store it. It stores otherwise, then reads
+//!   the marker once more: a write that landed between that check and the
+//!   set is caught here, and the fill deletes what it just stored.
+//! - A fill that took longer than the marker's TTL does not store either
+//!   (a marker that came and went would be invisible to it).
+//!
+//! So the request is never failed by the race: only the cache write is
+//! skipped, and [`ReadThrough::skipped_stores`] counts those. Fills that
+//! start after a write see the marker in `before` and store normally: the
+//! marker costs a write nothing but one `set`, and a miss two or three
+//! small `get`s. What is left: between a set and the check that undoes it
+//! (one round trip), a reader on another clone may be served the old
+//! object once; memcached's server-side leases (`mg ... N`, the token
+//! checked *in* the set) or a Redis script close that window. And a fill
+//! that *starts* after the write must not read a lagging replica: the
+//! server's loads read the primary ([`crate::server::cache`]).
+//! [`ReadThrough::with_fill_guard`]`(false)` turns the marker off, to show
+//! the race. A read that fills from a multi-get (the feed) does the same
+//! by hand: [`ReadThrough::marks`] before loading the misses,
+//! [`ReadThrough::set_unless_written`] to store each.
+//!
+//! See it: `DEMO_ONLY=9,10 cargo run -p part3-cache --bin part3-demo`
+//! (assemblies per strategy; the race counted without and with the fix),
+//! `cargo test -p part3-cache --test it stampede:: races::`.
 //!
 //! What production adds: memcached's meta protocol has leases built in (`mg
 //! ... N` vivifies a missing key and hands the lease to one client, with
@@ -38,6 +92,7 @@
 //! every step.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -81,7 +136,8 @@ pub enum Outcome {
     /// From the cache.
     Hit,
     /// Loaded from the database (by this request, or by the request it
-    /// waited for), then cached.
+    /// waited for), then cached (unless a write invalidated the key while
+    /// it was loading: then served, not cached).
     Miss,
     /// The cache failed or timed out: loaded from the database, not cached.
     Bypass,
@@ -110,6 +166,10 @@ const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(1);
 /// The first poll of a lease loser; it doubles up to [`MAX_POLL`].
 const FIRST_POLL: Duration = Duration::from_millis(5);
 const MAX_POLL: Duration = Duration::from_millis(50);
+/// How long a write's `{key}:written` marker lives: longer than any fill
+/// should take (a fill that takes longer does not store). See the module
+/// docs.
+pub const DEFAULT_WRITTEN_TTL: Duration = Duration::from_secs(10);
 
 /// The read path: get, and on a miss load under the chosen protection,
 /// store (TTL with jitter) and answer. One per process (a clone), shared by
@@ -128,6 +188,16 @@ pub struct ReadThrough {
     /// TTLs are shortened by up to this fraction at random, so objects
     /// cached together do not all expire together.
     jitter: f64,
+    /// The stale-set fix: writes leave a `{key}:written` marker, fills
+    /// check it (module docs). On by default.
+    fill_guard: bool,
+    /// How long the marker lives.
+    written_ttl: Duration,
+    /// Loader runs (database assemblies) by this read path.
+    loads: AtomicU64,
+    /// Fills not stored (or taken back) because a write invalidated the
+    /// key while they loaded.
+    skipped_stores: AtomicU64,
     rng: Mutex<StdRng>,
 }
 
@@ -143,8 +213,43 @@ impl ReadThrough {
             lease_wait: DEFAULT_LEASE_WAIT,
             beta: 1.0,
             jitter: 0.0,
+            fill_guard: true,
+            written_ttl: DEFAULT_WRITTEN_TTL,
+            loads: AtomicU64::new(0),
+            skipped_stores: AtomicU64::new(0),
             rng: Mutex::new(StdRng::from_os_rng()),
         }
+    }
+
+    /// Turns the stale-set fix (the `{key}:written` marker) on (the
+    /// default) or off (to reproduce the race).
+    pub fn with_fill_guard(mut self, on: bool) -> Self {
+        self.fill_guard = on;
+        self
+    }
+
+    /// Sets how long a write's marker lives (default
+    /// [`DEFAULT_WRITTEN_TTL`]); fills slower than this do not store.
+    pub fn with_written_ttl(mut self, ttl: Duration) -> Self {
+        self.written_ttl = ttl.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How many times this read path ran a loader: the database
+    /// assemblies it caused, hits excluded, since it was made.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// How many fills were served but not stored (or stored and taken
+    /// back) because a write invalidated their key while they loaded.
+    pub fn skipped_stores(&self) -> u64 {
+        self.skipped_stores.load(Ordering::Relaxed)
+    }
+
+    /// Whether the stale-set fix is on.
+    pub fn fill_guard(&self) -> bool {
+        self.fill_guard
     }
 
     /// Sets how long a lease loser waits for the holder's value.
@@ -199,13 +304,20 @@ impl ReadThrough {
             Ok(found) => found,
             Err(e) => {
                 tracing::debug!(%key, error = %e, "cache read failed: bypass");
-                return Ok((loader().await?, Outcome::Bypass));
+                return Ok((self.load(loader).await?, Outcome::Bypass));
             }
         };
         match (self.policy, found) {
             (Stampede::XFetch, Some(Stored::Timed(entry))) => {
                 if self.recompute_early(&entry) {
-                    self.load_and_store(key, ttl, loader).await
+                    if self.flights.is_flying(key) {
+                        // Another reader of this clone is refreshing it:
+                        // the cached value is still there, serve it.
+                        return Ok((entry.value, Outcome::Hit));
+                    }
+                    self.flights
+                        .run(key, || self.load_and_store(key, ttl, loader))
+                        .await
                 } else {
                     Ok((entry.value, Outcome::Hit))
                 }
@@ -246,14 +358,40 @@ impl ReadThrough {
     }
 
     /// Stores `value` under `key` as this read path would after a load
-    /// (with jitter, and XFetch's envelope with a compute time of zero).
+    /// (with jitter, and XFetch's envelope with a compute time of zero),
+    /// without the stale-set guard: for a value that was not loaded from
+    /// the database by this read (a read that fills the cache with what it
+    /// loaded uses [`ReadThrough::set_unless_written`]).
     pub async fn set(&self, key: &Key, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
         self.store(key, value, ttl, Duration::ZERO).await
     }
 
-    /// Deletes `keys` (one round trip): what a write does after it commits.
+    /// What a write does after it commits: with the fill guard on, marks
+    /// each key `{key}:written` with a fresh token (so a fill in flight
+    /// does not store what it loaded before the write), then deletes
+    /// `keys` in one round trip. The delete is tried even if a mark fails;
+    /// the first error is returned.
     pub async fn invalidate(&self, keys: &[Key]) -> Result<(), CacheError> {
-        self.backend.delete_many(keys).await
+        let mut failed = None;
+        if self.fill_guard && !keys.is_empty() {
+            let token = {
+                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                format!("{:016x}", rng.random::<u64>())
+            };
+            let token = token.as_bytes();
+            let ttl = self.written_ttl;
+            let marks = keys.iter().map(|key| async move {
+                let marker = key.derived(WRITTEN);
+                self.backend.set(&marker, token, ttl).await
+            });
+            for result in futures::future::join_all(marks).await {
+                if let Err(e) = result {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        self.backend.delete_many(keys).await?;
+        failed.map_or(Ok(()), Err)
     }
 
     /// The cross-process lease: one `add` wins, the rest wait for its value.
@@ -269,49 +407,98 @@ impl ReadThrough {
     {
         let lease = key.derived("lease");
         match self.backend.add(&lease, b"1", self.lease_ttl).await {
-            Ok(true) => {
-                // Won. Check once more: the previous holder may have stored
-                // the value and released its lease just before our add.
-                let result = match self.read(key).await {
-                    Ok(Some(v)) => Ok((v.into_value(), Outcome::Hit)),
-                    _ => self.load_and_store(key, ttl, loader).await,
-                };
-                // Simplified: the delete does not check that the lease is
-                // still ours (it may have expired under a loader slower
-                // than the lease TTL). A compare-and-delete (memcached CAS,
-                // a Redis script) would.
-                if let Err(e) = self.backend.delete(&lease).await {
-                    tracing::debug!(%key, error = %e, "lease release failed; it expires");
-                }
-                result
-            }
+            Ok(true) => self.holding_lease(key, &lease, ttl, loader).await,
             Ok(false) => {
-                // Lost: someone else is loading. Poll for their value.
+                // Lost: someone else is loading. Poll for their value (and
+                // their lease, in the same round trip).
                 let deadline = Instant::now() + self.lease_wait;
                 let mut pause = FIRST_POLL;
                 let mut outcome = Outcome::Miss;
+                let both = [key.clone(), lease.clone()];
                 while Instant::now() < deadline {
                     tokio::time::sleep(pause.min(deadline - Instant::now())).await;
                     pause = (pause * 2).min(MAX_POLL);
-                    match self.read(key).await {
-                        Ok(Some(v)) => return Ok((v.into_value(), Outcome::Hit)),
-                        Ok(None) => continue,
+                    let found = match self.backend.get_many(&both).await {
+                        Ok(found) => found,
                         Err(_) => {
                             outcome = Outcome::Bypass;
                             break;
+                        }
+                    };
+                    let mut found = found.into_iter();
+                    let (value, held) = (found.next().flatten(), found.next().flatten());
+                    if let Some(v) = value.and_then(|v| self.decode(v)) {
+                        return Ok((v.into_value(), Outcome::Hit));
+                    }
+                    if held.is_none() {
+                        // The holder let go without storing a value (a write
+                        // invalidated its fill, or its load failed): the
+                        // next lease is for whoever takes it first.
+                        match self.backend.add(&lease, b"1", self.lease_ttl).await {
+                            Ok(true) => {
+                                return self.holding_lease(key, &lease, ttl, loader).await;
+                            }
+                            Ok(false) => continue,
+                            Err(_) => {
+                                outcome = Outcome::Bypass;
+                                break;
+                            }
                         }
                     }
                 }
                 // The holder is slow or gone (or the cache is): load, but do
                 // not write back (its value, fresher or not, is about to land).
                 tracing::debug!(%key, "lease wait over: loading without writing back");
-                Ok((loader().await?, outcome))
+                Ok((self.load(loader).await?, outcome))
             }
             Err(e) => {
                 tracing::debug!(%key, error = %e, "lease failed: bypass");
-                Ok((loader().await?, Outcome::Bypass))
+                Ok((self.load(loader).await?, Outcome::Bypass))
             }
         }
+    }
+
+    /// Holding the lease: check, load, store, release.
+    async fn holding_lease<F, Fut, E>(
+        &self,
+        key: &Key,
+        lease: &Key,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<(Vec<u8>, Outcome), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+    {
+        // Check once more: the previous holder may have stored the value
+        // and released its lease just before our add.
+        let result = match self.read(key).await {
+            Ok(Some(v)) => Ok((v.into_value(), Outcome::Hit)),
+            _ => self.load_and_store(key, ttl, loader).await,
+        };
+        // Simplified: the delete does not check that the lease is still
+        // ours (it may have expired under a loader slower than the lease
+        // TTL). A compare-and-delete (memcached CAS, a Redis script) would.
+        if let Err(e) = self.backend.delete(lease).await {
+            tracing::debug!(%key, error = %e, "lease release failed; it expires");
+        }
+        result
+    }
+
+    /// Runs the loader, counted.
+    async fn load<F, Fut, E>(&self, loader: F) -> Result<Vec<u8>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+    {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        loader().await
+    }
+
+    /// Whether `{key}:written` still holds what it held before the load
+    /// (an error counts as changed: when in doubt, do not store).
+    async fn unwritten(&self, key: &Key, before: &Option<Vec<u8>>) -> bool {
+        matches!(self.backend.get(&key.derived(WRITTEN)).await, Ok(now) if now == *before)
     }
 
     /// Loads, stores (errors logged, never returned) and answers `Miss`.
@@ -325,11 +512,19 @@ impl ReadThrough {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, E>>,
     {
+        // The stale-set guard: the write marker as it was before the load.
+        let mark = match self.mark(key).await {
+            Ok(mark) => mark,
+            Err(e) => {
+                tracing::debug!(%key, error = %e, "cache read failed: bypass");
+                return Ok((self.load(loader).await?, Outcome::Bypass));
+            }
+        };
         let started = Instant::now();
-        let value = loader().await?;
+        let value = self.load(loader).await?;
         let delta = started.elapsed();
-        match self.store(key, &value, ttl, delta).await {
-            Ok(()) => Ok((value, Outcome::Miss)),
+        match self.fill(key, &value, ttl, delta, &mark).await {
+            Ok(_) => Ok((value, Outcome::Miss)),
             Err(e @ CacheError::TooLarge { .. }) => {
                 tracing::debug!(%key, error = %e, "not cached");
                 Ok((value, Outcome::Miss))
@@ -341,6 +536,88 @@ impl ReadThrough {
         }
     }
 
+    /// Stores a loaded value under the stale-set guard: not if a write
+    /// marked `key` since `mark` was taken (`Ok(false)`), and taken back if
+    /// a write marks it between that check and the set.
+    async fn fill(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Duration,
+        delta: Duration,
+        mark: &Mark,
+    ) -> Result<bool, CacheError> {
+        if mark.guarded
+            && (mark.taken.elapsed() >= self.written_ttl
+                || !self.unwritten(key, &mark.before).await)
+        {
+            self.skipped_stores.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%key, "a write invalidated the key during the fill: served, not stored");
+            return Ok(false);
+        }
+        self.store(key, value, ttl, delta).await?;
+        if mark.guarded && !self.unwritten(key, &mark.before).await {
+            // A write landed between the check and the set: take it back.
+            self.skipped_stores.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.backend.delete(key).await {
+                tracing::warn!(%key, error = %e, "could not take back a fill a write overtook: it lives until its TTL");
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// The write marker of `key` now: take it *before* loading a value to
+    /// store with [`ReadThrough::set_unless_written`]. No round trip when
+    /// the guard is off.
+    pub async fn mark(&self, key: &Key) -> Result<Mark, CacheError> {
+        let taken = Instant::now();
+        if !self.fill_guard {
+            return Ok(Mark::unguarded(taken));
+        }
+        let before = self.backend.get(&key.derived(WRITTEN)).await?;
+        Ok(Mark {
+            guarded: true,
+            before,
+            taken,
+        })
+    }
+
+    /// The write markers of `keys`, in one round trip: for a multi-get
+    /// whose misses are loaded and stored one by one (the feed's path).
+    pub async fn marks(&self, keys: &[Key]) -> Result<Vec<Mark>, CacheError> {
+        let taken = Instant::now();
+        if !self.fill_guard {
+            return Ok(keys.iter().map(|_| Mark::unguarded(taken)).collect());
+        }
+        let markers: Vec<Key> = keys.iter().map(|k| k.derived(WRITTEN)).collect();
+        Ok(self
+            .backend
+            .get_many(&markers)
+            .await?
+            .into_iter()
+            .map(|before| Mark {
+                guarded: true,
+                before,
+                taken,
+            })
+            .collect())
+    }
+
+    /// Stores a value loaded after `mark` was taken, as a fill does:
+    /// `Ok(false)` (nothing stored) if a write invalidated `key` since.
+    /// Use it instead of [`ReadThrough::set`] wherever a read fills the
+    /// cache with what it loaded, or the stale-set race is back.
+    pub async fn set_unless_written(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Duration,
+        mark: &Mark,
+    ) -> Result<bool, CacheError> {
+        self.fill(key, value, ttl, Duration::ZERO, mark).await
+    }
+
     async fn store(
         &self,
         key: &Key,
@@ -350,8 +627,12 @@ impl ReadThrough {
     ) -> Result<(), CacheError> {
         let ttl = self.jittered(ttl);
         if self.policy == Stampede::XFetch {
+            // The server keeps the entry a little past its logical expiry:
+            // memcached's clock ticks in whole seconds, so an item may
+            // expire up to a second before `ttl` is up, which would turn
+            // XFetch's early refresh into a plain miss.
             let entry = encode_timed(value, delta, unix_now() + ttl);
-            self.backend.set(key, &entry, ttl).await
+            self.backend.set(key, &entry, ttl + XFETCH_GRACE).await
         } else {
             self.backend.set(key, value, ttl).await
         }
@@ -382,6 +663,28 @@ impl ReadThrough {
         }
         let u: f64 = self.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
         ttl.mul_f64(1.0 - self.jitter * u)
+    }
+}
+
+/// The suffix of a write's marker, `{key}:written`.
+const WRITTEN: &str = "written";
+
+/// A key's write marker as a fill found it before loading (see
+/// [`ReadThrough::mark`]).
+#[derive(Debug, Clone)]
+pub struct Mark {
+    guarded: bool,
+    before: Option<Vec<u8>>,
+    taken: Instant,
+}
+
+impl Mark {
+    fn unguarded(taken: Instant) -> Mark {
+        Mark {
+            guarded: false,
+            before: None,
+            taken,
+        }
     }
 }
 
@@ -417,6 +720,9 @@ fn should_recompute(now: Duration, delta: Duration, beta: f64, expiry: Duration,
     let early = delta.as_secs_f64() * beta * -r.ln();
     now.as_secs_f64() + early >= expiry.as_secs_f64()
 }
+
+/// How long past its logical expiry an XFetch entry is kept by the server.
+const XFETCH_GRACE: Duration = Duration::from_secs(1);
 
 /// Marks an XFetch envelope: `X`, delta (ms, u32 LE), expiry (ms since the
 /// epoch, u64 LE), then the value.
@@ -518,6 +824,14 @@ impl Flights {
                 }
             }
         }
+    }
+
+    /// Whether a load of `key` is in flight in this process now.
+    pub fn is_flying(&self, key: &Key) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key.as_str())
     }
 
     /// Keys with a load in flight now (for tests and metrics).

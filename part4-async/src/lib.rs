@@ -1,13 +1,68 @@
 //! # Part 4: Asynchronism
 //!
-//! > Do heavy work ahead of time (precompute static pages) or, when it is asked for, put it on a queue, answer at once, let workers do it and tell the user when it is done.
+//! > Do heavy work ahead of time (precompute static pages) or, when it is
+//! > asked for, put it on a queue, answer at once, let workers do it and
+//! > tell the user when it is done.
 //!
-//! Precomputed HTML served by nginx, and jobs on RabbitMQ and Redis lists with workers, acknowledgements and redelivery, measured against doing the work in the request.
+//! This crate builds the second half of that sentence from the bottom up:
+//! jobs on RabbitMQ or on Redis lists, workers that take them, and the
+//! guarantees that make it safe to answer "your job is in work" before the
+//! work is done: nothing acknowledged is lost, nothing is done twice, and
+//! nothing loops forever.
 //!
-//! **Not built yet.** This crate holds the lesson's text and a placeholder
-//! demo that says so; its issue is not filed yet. The demo writes
-//! `target/lab/results/part4.json` marked "not built", so the report lists
-//! this part without inventing a single number.
+//! ## Reading order
+//!
+//! 1. [`job`]: what a job is. A row in MariaDB the user watches
+//!    (`queued`, `running` with progress, `done`, `failed` with a reason),
+//!    an [`job::Envelope`] on the queue, and the claim that makes a job's
+//!    effect happen once under at-least-once delivery.
+//! 2. [`export`]: the heavy job itself: a user's articles with their
+//!    comments as one document, with a stated minimum duration.
+//! 3. [`queue`]: one trait, [`queue::JobQueue`], what it promises (durable
+//!    hand-off, acks, redelivery, dead letters, a delivery limit) and two
+//!    backends chosen by `--queue rabbitmq|redis`:
+//!    [`queue::rabbitmq`] (a quorum queue with confirms, the recommended
+//!    one) and [`queue::redis`] (the reliable-queue pattern on lists).
+//! 4. [`worker`]: decode, start, work, commit with the claim, then ack;
+//!    retries, poison jobs, and a graceful stop on SIGTERM.
+//!
+//! Binaries: `part4-worker` (one worker process; `./lab up part4` will
+//! start `LAB_WORKERS` of them). `part4-demo` is still the placeholder.
+//!
+//! Run a worker against the local stack:
+//!
+//! ```text
+//! cargo run -p part4-async --bin part4-worker -- --queue rabbitmq
+//! ```
+//!
+//! ## Configuration
+//!
+//! Flags, environment variables and defaults, written once:
+//!
+//! | variable | default | what |
+//! |---|---|---|
+//! | `QUEUE` | `rabbitmq` | the backend, `rabbitmq` or `redis` |
+//! | `QUEUE_NAME` | `part4.jobs` | RabbitMQ's queue (and `.dlx`, `.dead`), or the Redis keys' prefix |
+//! | `MAX_DELIVERIES` | `3` | deliveries before a job is dead-lettered |
+//! | `PREFETCH` | `1` | RabbitMQ: unacknowledged jobs per consumer |
+//! | `CONSUMER_TTL_MS` | `5000` | Redis: a consumer silent this long is dead, its jobs reaped |
+//! | `WORKER_NAME` | `worker-<pid>` | in logs and in the claim rows |
+//! | `JOB_MIN_MS` | `1000` | the stated minimum duration of a job |
+//! | `SHUTDOWN_GRACE_MS` | `10000` | on SIGTERM, time for the job in hand |
+//!
+//! and the stack's `RABBITMQ_URL`, `REDIS_URL` and `MARIADB_PRIMARY_URL`,
+//! as everywhere ([`common::config`]).
+//!
+//! ## Not built yet
+//!
+//! The HTTP side (`POST /jobs`, `GET /jobs/{id}` and its events), the
+//! baked pages and nginx, the browser test and the demo come next; the
+//! demo still records this part as not built.
+
+pub mod export;
+pub mod job;
+pub mod queue;
+pub mod worker;
 
 /// The part's number.
 pub const PART: u8 = 4;
@@ -16,9 +71,10 @@ pub const TITLE: &str = "Asynchronism";
 /// The article's claim, as the report quotes it.
 pub const CLAIM: &str = "Do heavy work ahead of time (precompute static pages) or, when it is asked for, put it on a queue, answer at once, let workers do it and tell the user when it is done.";
 
-/// Says plainly that this part is not built, and records that for the report.
+/// Says plainly that this part's demo is not built, and records that for
+/// the report.
 pub fn placeholder_demo() -> anyhow::Result<()> {
-    println!("Part {PART} ({TITLE}) is not built yet: there is nothing to run or measure.");
+    println!("Part {PART} ({TITLE}): the demo is not built yet: there is nothing to measure.");
     let path = common::results::PartResults::not_built(PART, TITLE, CLAIM)
         .write(&common::results::results_dir())?;
     println!("recorded as not built in {}", path.display());

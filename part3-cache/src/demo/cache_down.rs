@@ -1,9 +1,356 @@
-//! Not written yet (see the table in [`super`]).
+//! Experiment 11: the cache goes down under load, and comes back.
+//!
+//! A cache is an optimisation, never a dependency: if Memcached stops,
+//! every read must still be served, from the database, slower. Three
+//! `part3-server` clones behind HAProxy read through a memcached of their
+//! own (a private process on a free port, started here: the lab's shared
+//! one is never stopped); a Zipf load reads `GET /articles/{id}`; half-way
+//! the memcached process is killed, then started again on the same port.
+//!
+//! What it shows, measured by the client: the failed requests (0: every
+//! cache call that fails is a bypass), the latency with the cache up and
+//! down, and the hit ratio every half second, from each answer's `X-Cache`:
+//! it drops to 0 while the cache is down, and climbs back from 0 after the
+//! restart, because a restarted memcached is empty. The setting that keeps
+//! a *hanging* cache from slowing every request is `CACHE_TIMEOUT_MS`
+//! (50 ms by default, printed as set): a killed memcached refuses the
+//! connection at once, so this drill does not wait for it; a cache that
+//! stops answering would cost at most that much per call.
+//!
+//! Run it alone: `DEMO_ONLY=11 cargo run -p part3-cache --bin part3-demo`.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use common::demo::figure;
+use common::measure::{self, Latencies, Load, fmt_us};
+use common::results::{Axis, Curve, Kind, Series};
+use futures::future::BoxFuture;
 
 use super::Demo;
+use super::no_cache::{ok, x_cache, zipf_article};
 
-/// Runs the experiment.
-pub async fn run(_demo: &mut Demo) -> anyhow::Result<()> {
-    common::demo::line("not measured yet");
+/// Simultaneous clients.
+const CONCURRENCY: usize = 16;
+/// Width of one point of the hit-ratio curve.
+const BUCKET: Duration = Duration::from_millis(500);
+/// The clones' cache timeout, as set (the server's default).
+const CACHE_TIMEOUT_MS: &str = "50";
+
+/// Kill and restart a private memcached under a Zipf load.
+pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
+    let phase = demo.seconds().max(Duration::from_secs(2));
+    let mut memcached = PrivateMemcached::start().await?;
+    let url = memcached.url();
+    let cluster = demo
+        .cluster(
+            3,
+            &[
+                ("MEMCACHED_URL", url.as_str()),
+                ("CACHE_BACKEND", "memcached"),
+                ("CACHE_TIMEOUT_MS", CACHE_TIMEOUT_MS),
+            ],
+        )
+        .await?;
+    let lb = cluster.lb_url();
+    common::demo::line(format!(
+        "3 clones on a private memcached ({url}), CACHE_TIMEOUT_MS={CACHE_TIMEOUT_MS} (the setting: the longest a cache call may take before the read bypasses it), {CONCURRENCY} clients, Zipf reads of GET /articles/{{id}}"
+    ));
+    let pop = demo.spec.article_popularity();
+    let http = part1_clones::client::http();
+
+    // Warm-up, not recorded: the cache holds the popular articles.
+    let warm = reads(http.clone(), lb.clone(), pop.clone(), None);
+    measure::run_load("warm-up", Load::closed(CONCURRENCY, phase), warm).await;
+
+    // Up for one phase, down for one, back for two.
+    let log = Arc::new(Log {
+        start: Instant::now(),
+        answers: Mutex::new(Vec::new()),
+    });
+    let load = reads(http, lb, pop, Some(log.clone()));
+    let run = tokio::spawn(measure::run_load(
+        "reads, memcached killed and restarted",
+        Load::closed(CONCURRENCY, phase * 4),
+        load,
+    ));
+    tokio::time::sleep(phase).await;
+    memcached.kill().await?;
+    let killed_at = log.start.elapsed(); // the process has exited
+    common::demo::line(format!(
+        "t = {:.1} s: memcached killed",
+        killed_at.as_secs_f64()
+    ));
+    tokio::time::sleep(phase).await;
+    let restart = memcached.restart().await;
+    let restarted_at = log.start.elapsed();
+    let report = run.await.context("the load task")?;
+    restart?;
+    common::demo::line(format!(
+        "t = {:.1} s: memcached started again on the same port (empty)",
+        restarted_at.as_secs_f64()
+    ));
+    cluster.stop().await;
+    drop(memcached);
+
+    figure(Kind::Measured, report.line());
+    let answers = std::mem::take(&mut *log.answers.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut up = Latencies::new();
+    let mut down = Latencies::new();
+    let mut back = Latencies::new();
+    let mut down_hits = 0u64;
+    for a in &answers {
+        let d = Duration::from_micros(a.took_us);
+        if a.at < killed_at {
+            up.record(d);
+        } else if a.at < restarted_at {
+            down.record(d);
+            down_hits += u64::from(a.hit);
+        } else {
+            back.record(d);
+        }
+    }
+    let (up, down, back) = (up.summary(), down.summary(), back.summary());
+    let cmp = "memcached killed under load";
+    let r = &mut demo.results;
+    r.measured(
+        cmp,
+        "failed requests",
+        report.errors as f64,
+        "requests",
+        "requests that got an error while memcached was up, down and back (the client's count)",
+    );
+    figure(
+        Kind::Measured,
+        format!(
+            "failed requests: {} of {} (cache down = bypass: served from the database)",
+            report.errors, report.requests
+        ),
+    );
+    for (name, s) in [
+        ("cache up", &up),
+        ("cache down", &down),
+        ("cache back", &back),
+    ] {
+        figure(
+            Kind::Measured,
+            format!(
+                "{name:<10} {:>6} reads  p50 {:>8}  p99 {:>8}",
+                s.count,
+                fmt_us(s.p50_us),
+                fmt_us(s.p99_us)
+            ),
+        );
+        r.measured(
+            cmp,
+            &format!("{name}: p50"),
+            s.p50_us as f64,
+            "µs",
+            &format!("median latency of GET /articles/{{id}} while {name} (the client's clock)"),
+        );
+        r.measured(
+            cmp,
+            &format!("{name}: p99"),
+            s.p99_us as f64,
+            "µs",
+            &format!("99th percentile latency of GET /articles/{{id}} while {name}"),
+        );
+    }
+    figure(
+        Kind::Measured,
+        format!("X-Cache: hit answers to reads sent while memcached was down: {down_hits}"),
+    );
+
+    // The hit ratio every half second.
+    let buckets = (report.elapsed_secs.max(0.0) / BUCKET.as_secs_f64()).ceil() as usize;
+    let mut tally = vec![(0u64, 0u64); buckets.max(1)];
+    for a in &answers {
+        let i = ((a.at.as_secs_f64() / BUCKET.as_secs_f64()) as usize).min(tally.len() - 1);
+        tally[i].0 += u64::from(a.hit);
+        tally[i].1 += 1;
+    }
+    // Only whole buckets inside the run (the requests still in flight at
+    // its end are the slow ones: misses).
+    let whole = ((phase * 4).as_secs_f64() / BUCKET.as_secs_f64()).floor() as usize;
+    let points: Vec<(f64, f64)> = tally
+        .iter()
+        .enumerate()
+        .take(whole)
+        .filter(|(_, (_, n))| *n > 0)
+        .map(|(i, (h, n))| {
+            (
+                (i as f64 + 0.5) * BUCKET.as_secs_f64(),
+                100.0 * *h as f64 / *n as f64,
+            )
+        })
+        .collect();
+    let curve_line: Vec<String> = points
+        .iter()
+        .map(|(t, pct)| format!("{t:.2}s {pct:.0}%"))
+        .collect();
+    figure(
+        Kind::Measured,
+        format!(
+            "hit ratio every {} ms (X-Cache counted by the client): {}",
+            BUCKET.as_millis(),
+            curve_line.join("  ")
+        ),
+    );
+    demo.results.curve(Curve {
+        title: "hit ratio while memcached is killed and restarted".to_owned(),
+        shows: format!(
+            "X-Cache: hit among the answers of each {} ms, counted by the client; memcached killed at {:.1} s, started again (empty) at {:.1} s",
+            BUCKET.as_millis(),
+            killed_at.as_secs_f64(),
+            restarted_at.as_secs_f64()
+        ),
+        kind: Kind::Measured,
+        x: Axis::new("time", "s"),
+        y: Axis::new("hit ratio", "%"),
+        series: vec![Series {
+            name: "3 clones, Zipf reads".to_owned(),
+            points,
+        }],
+    });
     Ok(())
+}
+
+/// One answer: when it was asked (since the start), how long it took,
+/// whether it was a hit.
+struct Answer {
+    at: Duration,
+    took_us: u64,
+    hit: bool,
+}
+
+struct Log {
+    start: Instant,
+    answers: Mutex<Vec<Answer>>,
+}
+
+/// Zipf reads of the article page through `base`, each answer logged.
+fn reads(
+    http: reqwest::Client,
+    base: String,
+    pop: common::dataset::Popularity,
+    log: Option<Arc<Log>>,
+) -> impl Fn(u64) -> BoxFuture<'static, Result<(), String>> + Clone + Send + Sync + 'static {
+    move |i: u64| -> BoxFuture<'static, Result<(), String>> {
+        let req = http.get(format!("{base}/articles/{}", zipf_article(&pop, i)));
+        let log = log.clone();
+        Box::pin(async move {
+            let t = Instant::now();
+            let at = log.as_ref().map(|l| l.start.elapsed());
+            let res = ok(req.send().await).await?;
+            let hit = x_cache(&res).as_deref() == Some("hit");
+            res.bytes().await.map_err(|e| e.to_string())?;
+            if let (Some(log), Some(at)) = (log, at) {
+                let answer = Answer {
+                    at,
+                    took_us: t.elapsed().as_micros() as u64,
+                    hit,
+                };
+                log.answers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(answer);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A memcached process of this program's own, on a free port of
+/// 127.0.0.1, to kill and restart without touching the lab's shared one.
+/// Killed when dropped.
+pub struct PrivateMemcached {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateMemcached {
+    /// Starts `memcached` (from `PATH`) on a free port, 64 MB, and waits
+    /// until it accepts connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = part1_clones::cluster::free_port()?;
+        let mut m = PrivateMemcached { port, child: None };
+        m.spawn().await?;
+        Ok(m)
+    }
+
+    /// `memcache://127.0.0.1:{port}`, the form of `MEMCACHED_URL`.
+    pub fn url(&self) -> String {
+        format!("memcache://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:{port}`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the process runs now.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the process (SIGKILL: everything it held is gone) and waits
+    /// for it to exit.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child
+                .kill()
+                .await
+                .context("killing the private memcached")?;
+        }
+        Ok(())
+    }
+
+    /// Kills it if it runs, then starts it again on the same port
+    /// (retrying for up to 10 s while the port is not free yet).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await?;
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = self.port.to_string();
+        loop {
+            let mut child = tokio::process::Command::new("memcached")
+                .args(["-u", "root", "-l", "127.0.0.1", "-p", &port, "-U", "0"])
+                .args(["-m", "64", "-c", "1024"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting memcached (is it installed? apt-get install memcached)")?;
+            // Up when it accepts; exited early when the port is still taken.
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if tokio::net::TcpStream::connect(self.addr()).await.is_ok() {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill().await;
+                    anyhow::bail!(
+                        "a private memcached did not listen on {} within 10 s",
+                        self.addr()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "a private memcached could not bind {} again within 10 s",
+                self.addr()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }

@@ -25,7 +25,7 @@
 //!
 //! Variables, besides [`common::demo::DemoArgs`]'s (`DEMO_SECONDS`,
 //! `DEMO_REPEAT`, `LAB_RESULTS_DIR`, the stack's URLs): `DEMO_SCALE`
-//! (`default`), `DEMO_DATABASE` (`demo_part3`), `PART3_SERVER_BIN`
+//! (`default`), `PART3_DEMO_DATABASE` (`demo_part3`), `DEMO_ONLY` (all), `DEMO_REUSE` (`false`), `PART3_SERVER_BIN`
 //! (`part3-server` next to the demo), `MARIADB_PRIMARY_ADMIN_URL`,
 //! `MARIADB_REPLICA_ADMIN_URL`.
 
@@ -65,7 +65,7 @@ pub struct Args {
     #[arg(long, env = "DEMO_SCALE", default_value = "default")]
     pub scale: Scale,
     /// The database the demo creates on the primary (it replicates).
-    #[arg(long, env = "DEMO_DATABASE", default_value = "demo_part3")]
+    #[arg(long, env = "PART3_DEMO_DATABASE", default_value = "demo_part3")]
     pub database: String,
     /// The clone binary; default: `part3-server` next to this demo.
     #[arg(long, env = "PART3_SERVER_BIN")]

@@ -54,6 +54,9 @@ pub struct Cache {
     /// How long a value lives before it is loaded again (less a random
     /// jitter, so values stored together do not all expire together).
     pub ttl: Duration,
+    /// The friend graph as Redis sets (`--cache object` only; always in
+    /// Redis, whatever the backend: see [`super::graph`]).
+    pub sets: Option<super::graph::FriendSets>,
 }
 
 /// Why a fill did not give a value to store.
@@ -116,8 +119,10 @@ impl Cache {
     /// After a write commits: the pattern invalidates what it changed. The
     /// object pattern deletes exactly those objects, in one round trip, so
     /// the cost is bounded by the write, not by its readers: a post
-    /// deletes one object (its author's recent articles), not the feeds of
-    /// the author's thousands of friends. The query pattern cannot tell
+    /// deletes two objects (its author's recent articles and the site's
+    /// window, see [`super::feed`]), not the feeds of the author's
+    /// thousands of friends; a befriend deletes six, plus the two users'
+    /// friend sets in Redis. The query pattern cannot tell
     /// which cached results hold the changed rows: it does nothing (stale
     /// until the TTL) or, with `--query-flush-on-write`, makes every cached
     /// query unreachable.
@@ -126,6 +131,9 @@ impl Cache {
     /// lives until its TTL. Production retries the delete (a queue, or
     /// memcached's mcrouter / Facebook's mcsqueal tailing the commit log).
     pub async fn invalidate(&self, what: Committed) {
+        if let (Some(sets), Committed::Friends { a, b }) = (&self.sets, &what) {
+            sets.forget(&[a.0, b.0]).await;
+        }
         let Some(rt) = &self.read_through else { return };
         let changed = changed_by(&what);
         let refs: Vec<ObjectRef<'_>> = changed
@@ -141,7 +149,9 @@ impl Cache {
 /// The objects a committed write changes, as (kind, id).
 pub fn changed_by(what: &Committed) -> Vec<(&'static str, String)> {
     match what {
-        Committed::Post { author } => vec![(RECENT, author.to_string())],
+        Committed::Post { author } => {
+            vec![(RECENT, author.to_string()), (LATEST, SITE.to_owned())]
+        }
         Committed::Article { id } => vec![
             (ARTICLE, id.to_string()),
             (PAGE, id.to_string()),
@@ -152,6 +162,8 @@ pub fn changed_by(what: &Committed) -> Vec<(&'static str, String)> {
             (FRIEND_IDS, b.0.to_string()),
             (FRIENDS, a.1.clone()),
             (FRIENDS, b.1.clone()),
+            (FRIENDS_GEN, a.1.clone()),
+            (FRIENDS_GEN, b.1.clone()),
         ],
     }
 }
@@ -168,6 +180,16 @@ pub const RECENT: &str = "recent";
 pub const FRIEND_IDS: &str = "friend_ids";
 /// The first page of a user's friends.
 pub const FRIENDS: &str = "friends";
+/// The site's newest articles (the feed's window).
+pub const LATEST: &str = "latest";
+/// The one id of [`LATEST`].
+pub const SITE: &str = "site";
+/// The generation of a user's later friends pages.
+pub const FRIENDS_GEN: &str = "friends_gen";
+/// A later page of a user's friends, in a generation.
+pub const FRIENDS_PAGE: &str = "friends_page";
+/// A user's friends as a Redis set (Redis only, whatever the backend).
+pub const FRIENDSET: &str = "friendset";
 
 /// The assembled article (JSON), `article:{id}`.
 pub fn article_key(id: u64) -> Key {
@@ -194,6 +216,31 @@ pub fn friend_ids_key(user: u64) -> Key {
     Key::new(FRIEND_IDS, &[&user.to_string()])
 }
 
+/// The site's newest articles, `latest:site` (see [`super::feed`]).
+pub fn latest_key() -> Key {
+    Key::new(LATEST, &[SITE])
+}
+
+/// The generation of `username`'s later friends pages,
+/// `friends_gen:{username}`: deleting it makes every cached later page
+/// unreachable at once (the next read starts a new generation).
+pub fn friends_gen_key(username: &str) -> Key {
+    Key::new(FRIENDS_GEN, &[username])
+}
+
+/// A later page of friends, `friends_page:{username}:{generation}:{after}:{limit}`.
+pub fn friends_page_key(username: &str, generation: &str, after: u64, limit: u32) -> Key {
+    Key::new(
+        FRIENDS_PAGE,
+        &[username, generation, &after.to_string(), &limit.to_string()],
+    )
+}
+
+/// A user's friends as a Redis set, `friendset:{id}`.
+pub fn friendset_key(user: u64) -> Key {
+    Key::new(FRIENDSET, &[&user.to_string()])
+}
+
 /// The first page of a user's friends, `friends:{username}` (the username
 /// is validated before it gets here, and [`Key`] would hash it otherwise).
 pub fn friends_key(username: &str) -> Key {
@@ -216,8 +263,8 @@ mod tests {
         let post = keys(Committed::Post { author: 7 });
         assert_eq!(
             post,
-            vec![recent_key(7)],
-            "one object, whatever the author's friend count"
+            vec![recent_key(7), latest_key()],
+            "two objects, whatever the author's friend count"
         );
         let comment = keys(Committed::Article { id: 42 });
         assert_eq!(
@@ -234,7 +281,9 @@ mod tests {
                 friend_ids_key(1),
                 friend_ids_key(2),
                 friends_key("ada"),
-                friends_key("bob")
+                friends_key("bob"),
+                friends_gen_key("ada"),
+                friends_gen_key("bob"),
             ]
         );
     }

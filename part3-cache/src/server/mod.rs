@@ -10,12 +10,23 @@
 //! | `GET /articles/{id}` | `article:{id}`, the assembled article (JSON) |
 //! | `GET /articles/{id}` with `Accept: text/html` | `page:{id}`, the rendered page |
 //! | `GET /users/{username}/friends` (first page) | `friends:{username}` |
-//! | `GET /feed` | `friend_ids:{user}`, `recent:{author}` per friend, `summary:{id}` (see [`feed`]) |
+//! | `GET /users/{username}/friends?limit=&after=` (any other page) | `friends_page:{username}:{generation}:{after}:{limit}` |
+//! | `GET /feed` | `friend_ids:{user}`, `latest:site` or `recent:{author}` per friend, `summary:{id}` (see [`feed`]) |
+//! | `GET /users/{username}/mutual-friends?with={other}` | Redis sets `friendset:{id}`, `SINTER` (see [`graph`]) |
 //!
 //! Writes invalidate after they commit (part 2's after-commit hook):
 //! a comment or a like deletes its article's object, page and summary; a
-//! post deletes its author's recent-articles object; befriending deletes
-//! both users' friend lists. See [`cache`] for the rules of a read.
+//! post deletes its author's recent-articles object and the site's window
+//! (two deletes, whatever the author's friend count); befriending deletes
+//! both users' friend ids, first pages and page generations, and their
+//! friend sets in Redis. See [`cache`] for the rules of a read.
+//!
+//! `GET /cache/stats` answers this clone's cache counters (`loads`: the
+//! database assemblies its misses ran; `skipped_stores`), for the demo.
+//!
+//! `--cache-backend file` is the anti-pattern of the article (a file cache
+//! on each clone's own disk, [`crate::backend::FileCache`]): every route
+//! works, and a write through one clone leaves the others' copies stale.
 //!
 //! ## Configuration
 //!
@@ -24,7 +35,9 @@
 //! | variable | flag | default |
 //! |---|---|---|
 //! | `CACHE` | `--cache` | `object` (`none` \| `query` \| `object`) |
-//! | `CACHE_BACKEND` | `--cache-backend` | `memcached` (`memcached` \| `redis`) |
+//! | `CACHE_BACKEND` | `--cache-backend` | `memcached` (`memcached` \| `redis` \| `file`, the anti-pattern) |
+//! | `CACHE_FILE_DIR` | `--cache-file-dir` | `part3-file-cache/{clone id}` in the system's temporary directory (`file` only) |
+//! | `CACHE_FILE_MAX_BYTES` | `--cache-file-max-bytes` | `268435456` (`file` only) |
 //! | `CACHE_TTL_SECS` | `--cache-ttl-secs` | `300` |
 //! | `CACHE_JITTER` | `--cache-jitter` | `0.1` (each TTL is cut by up to 10%, at random) |
 //! | `STAMPEDE` | `--stampede` | `lease` (`none` \| `single-flight` \| `lease` \| `xfetch`) |
@@ -36,6 +49,7 @@
 
 pub mod cache;
 pub mod feed;
+pub mod graph;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -59,7 +73,7 @@ use part2_database::server::{
 };
 use sqlx::MySqlPool;
 
-use crate::backend::{CacheBackend, Memcached, RedisCache};
+use crate::backend::{CacheBackend, FileCache, Memcached, RedisCache};
 use crate::pattern::{CachePattern, ObjectCache, ObjectRef, QueryCache, Read};
 use crate::stampede::{Outcome, ReadThrough, Stampede};
 use cache::Cache;
@@ -83,6 +97,9 @@ pub enum BackendKind {
     Memcached,
     /// Redis (`REDIS_URL`).
     Redis,
+    /// Files on each clone's own disk (`CACHE_FILE_DIR`): the anti-pattern.
+    /// A write through one clone deletes only that clone's copy.
+    File,
 }
 
 impl CacheMode {
@@ -102,6 +119,7 @@ impl BackendKind {
         match self {
             BackendKind::Memcached => "memcached",
             BackendKind::Redis => "redis",
+            BackendKind::File => "file",
         }
     }
 }
@@ -143,22 +161,64 @@ pub struct Part3Config {
     /// Larger values are not cached (the request is still served).
     #[arg(long, env = "CACHE_MAX_VALUE_BYTES", default_value_t = 512 * 1024)]
     pub cache_max_value_bytes: usize,
+    /// With `--cache-backend file`: this clone's cache directory (default:
+    /// `part3-file-cache/{clone id}` under the system's temporary directory).
+    #[arg(long, env = "CACHE_FILE_DIR")]
+    pub cache_file_dir: Option<std::path::PathBuf>,
+    /// With `--cache-backend file`: the most the directory holds, in bytes.
+    #[arg(long, env = "CACHE_FILE_MAX_BYTES", default_value_t = crate::backend::DEFAULT_MAX_DIR_BYTES)]
+    pub cache_file_max_bytes: u64,
+}
+
+impl Part3Config {
+    /// The file cache's directory: `CACHE_FILE_DIR`, else one per clone id
+    /// under the system's temporary directory.
+    pub fn file_dir(&self) -> std::path::PathBuf {
+        self.cache_file_dir.clone().unwrap_or_else(|| {
+            let id: String = self
+                .part2
+                .server
+                .clone_name()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            std::env::temp_dir().join("part3-file-cache").join(id)
+        })
+    }
 }
 
 /// Connects and binds: part 2's data layer, the cache, and the hook that
 /// tells the cache about committed writes.
 pub async fn build(config: Part3Config) -> anyhow::Result<Application> {
     let mut data = part2_database::server::data_layer(&config.part2).await?;
-    let cache = Arc::new(connect_cache(&config).await?);
+    let mut cache = connect_cache(&config).await?;
+    if config.cache == CacheMode::Object {
+        // The friend graph lives in Redis whatever the backend (sets).
+        cache.sets = Some(graph::FriendSets::new(
+            data.redis.clone(),
+            &format!("{}:", config.part2.server.key_prefix),
+            Duration::from_millis(config.cache_timeout_ms.max(1)),
+            Duration::from_secs(config.cache_ttl_secs.max(1)),
+        ));
+    }
+    let cache = Arc::new(cache);
     let c = cache.clone();
     data.after_commit = Some(Arc::new(move |what: Committed| -> BoxFuture<'static, ()> {
         let c = c.clone();
         Box::pin(async move { c.invalidate(what).await })
     }));
     let stack = &config.part2.server.stack;
+    let file_dir = config.file_dir().display().to_string();
     let url = match config.cache_backend {
-        BackendKind::Memcached => &stack.memcached_url,
-        BackendKind::Redis => &stack.redis_url,
+        BackendKind::Memcached => common::config::redact(&stack.memcached_url),
+        BackendKind::Redis => common::config::redact(&stack.redis_url),
+        BackendKind::File => format!("{file_dir}, this clone's own disk"),
     };
     println!(
         "part3-server: --cache {}{} --cache-backend {} ({}) --cache-ttl-secs {} --cache-jitter {} --stampede {} (cache timeout {} ms, values up to {} bytes)",
@@ -169,7 +229,7 @@ pub async fn build(config: Part3Config) -> anyhow::Result<Application> {
             ""
         },
         config.cache_backend.as_str(),
-        common::config::redact(url),
+        url,
         config.cache_ttl_secs,
         config.cache_jitter,
         config.stampede.as_str(),
@@ -202,6 +262,13 @@ pub async fn connect_cache(config: &Part3Config) -> anyhow::Result<Cache> {
                 .context("REDIS_URL for the cache")?
                 .with_max_value_bytes(max),
         )),
+        (_, BackendKind::File) => Some(Arc::new(
+            FileCache::open(&config.file_dir(), &prefix, timeout)
+                .await
+                .context("CACHE_FILE_DIR")?
+                .with_max_value_bytes(max)
+                .with_max_dir_bytes(config.cache_file_max_bytes),
+        )),
     };
     let pattern: Box<dyn CachePattern> = match config.cache {
         CacheMode::Query => Box::new(QueryCache {
@@ -215,6 +282,7 @@ pub async fn connect_cache(config: &Part3Config) -> anyhow::Result<Cache> {
             .map(|b| ReadThrough::new(b, config.stampede).with_jitter(config.cache_jitter)),
         pattern,
         ttl: Duration::from_secs(config.cache_ttl_secs.max(1)),
+        sets: None,
     })
 }
 
@@ -239,7 +307,9 @@ impl AppPart for CacheLayer {
         Router::new()
             .route("/articles/{id}", get(article::<S>))
             .route("/users/{username}/friends", get(friends::<S>))
+            .route("/users/{username}/mutual-friends", get(mutual::<S>))
             .route("/feed", get(feed::<S>))
+            .route("/cache/stats", get(stats::<S>))
             .with_state(ctx)
             .merge(self.data.routes_but_pages(app))
     }
@@ -343,8 +413,11 @@ impl<S: SessionStore> Ctx<S> {
     }
 
     /// A page of friends as JSON bytes. Under `object` the first page at
-    /// the default size is cached (`friends:{username}`); other pages
-    /// are read from the database.
+    /// the default size is `friends:{username}`; every other page is
+    /// `friends_page:{username}:{generation}:{after}:{limit}`, where the
+    /// generation is a token in the cache (`friends_gen:{username}`) that
+    /// a befriend deletes: one delete makes all of a user's later pages
+    /// unreachable, however many were cached.
     async fn friends_json(
         &self,
         viewer: Option<u64>,
@@ -359,10 +432,12 @@ impl<S: SessionStore> Ctx<S> {
             sql: &sql,
             params: &[name, &after_s, &limit_s],
         };
-        // The object pattern keeps the first page at the default size.
         let first = after == 0 && limit == FRIENDS_PAGE;
         let key = match self.cache.mode {
-            CacheMode::Object if !first => None,
+            CacheMode::Object if !first => self
+                .friends_generation(name)
+                .await
+                .map(|g| cache::friends_page_key(name, &g, after, limit)),
             _ => self.cache.key(&read).await,
         };
         let name = name.to_owned();
@@ -388,6 +463,93 @@ impl<S: SessionStore> Ctx<S> {
                 Ok((to_json(&page)?, ok1 && ok2))
             })
             .await
+    }
+
+    /// The current generation of `name`'s later friends pages: the token
+    /// in `friends_gen:{name}`, or a new random one if there is none (never
+    /// an old one again, so pages of a deleted generation stay
+    /// unreachable). `None` if the cache cannot say: the page bypasses.
+    async fn friends_generation(&self, name: &str) -> Option<String> {
+        let backend = self.cache.read_through.as_ref()?.backend();
+        let key = cache::friends_gen_key(name);
+        for _ in 0..2 {
+            match backend.get(&key).await {
+                Ok(Some(token)) => return String::from_utf8(token).ok(),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            let token = format!("{:016x}", rand::random::<u64>());
+            match backend.add(&key, token.as_bytes(), GENERATION_TTL).await {
+                Ok(true) => return Some(token),
+                Ok(false) => continue, // another reader started one: read it
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// The mutual friends of two users: SQL (`none`), the SQL's result
+    /// cached by its hash (`query`), or a Redis set intersection
+    /// (`object`, see [`graph`]).
+    async fn mutual_json(
+        &self,
+        viewer: Option<u64>,
+        (user, a): (&str, u64),
+        (with, b): (&str, u64),
+    ) -> Result<(Vec<u8>, Outcome), ApiError> {
+        let answer = |ids: Vec<u64>| {
+            to_json(&graph::Mutual {
+                user: user.to_owned(),
+                with: with.to_owned(),
+                mutual: ids,
+            })
+        };
+        let by_sql = |pool: MySqlPool| async move {
+            sqlx::query_scalar::<_, u64>(graph::MUTUAL_SQL)
+                .bind(b)
+                .bind(a)
+                .fetch_all(&pool)
+                .await
+        };
+        match (self.cache.mode, &self.cache.sets) {
+            (CacheMode::Object, Some(sets)) => {
+                let load = |u: u64| async move {
+                    self.query(
+                        viewer,
+                        move |p| async move { articles::friends(&p, u).await },
+                    )
+                    .await
+                };
+                match sets.mutual(a, b, load).await {
+                    Ok((ids, x)) => return Ok((answer(ids)?, x)),
+                    Err(graph::Unanswered::Failed(e)) => return Err(e),
+                    Err(why) => {
+                        tracing::debug!(?why, "mutual friends: the sets could not answer, SQL");
+                    }
+                }
+                let (ids, _) = self.data.read(viewer, by_sql).await?;
+                Ok((answer(ids)?, Outcome::Bypass))
+            }
+            (CacheMode::Query, _) => {
+                let (a_s, b_s) = (a.to_string(), b.to_string());
+                let read = Read {
+                    object: ObjectRef::new("mutual", &a_s),
+                    sql: graph::MUTUAL_SQL,
+                    params: &[&b_s, &a_s],
+                };
+                let key = self.cache.key(&read).await;
+                self.cache
+                    .bytes(key, || async move {
+                        let (ids, ok) = self.query(viewer, by_sql).await?;
+                        Ok((answer(ids)?, ok))
+                    })
+                    .await
+            }
+            _ => {
+                let (ids, _) = self.data.read(viewer, by_sql).await?;
+                Ok((answer(ids)?, Outcome::Bypass))
+            }
+        }
     }
 
     /// The feed as JSON bytes: the JOIN (`none`), the JOIN's result cached
@@ -428,6 +590,11 @@ impl<S: SessionStore> Ctx<S> {
 
 /// The user-id lookup of the friends page.
 const USER_ID_SQL: &str = "SELECT id FROM users WHERE username = ?";
+
+/// How long a generation of later friends pages lives: longer than any
+/// page (if it expires, the pages of that generation become unreachable,
+/// which is still correct).
+const GENERATION_TTL: Duration = Duration::from_secs(24 * 3600);
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))
@@ -499,4 +666,84 @@ async fn feed<S: SessionStore>(
     let (_, s) = current(&ctx.app, &headers).await?;
     let (json, x) = ctx.feed_json(s.user_id).await?;
     Ok(answer(json, "application/json", x))
+}
+
+/// `?with={username}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct MutualQuery {
+    /// The other user.
+    pub with: Option<String>,
+}
+
+async fn mutual<S: SessionStore>(
+    State(ctx): State<Arc<Ctx<S>>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    query: Result<Query<MutualQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let other = q
+        .with
+        .ok_or_else(|| ApiError::BadRequest("?with={username} names the other user".into()))?;
+    // Both names validated before any key is built or query sent.
+    let (name, other) = (username(&raw)?, username(&other)?);
+    let viewer = ctx.viewer(&headers).await;
+    let a = ctx.data.user_id(viewer, name).await?;
+    let b = ctx.data.user_id(viewer, other).await?;
+    let (json, x) = ctx.mutual_json(viewer, (name, a), (other, b)).await?;
+    Ok(answer(json, "application/json", x))
+}
+
+/// This clone's cache counters: `{"mode", "backend", "policy", "loads",
+/// "skipped_stores"}` (`loads`: database assemblies this clone ran on
+/// misses since it started). The demo sums them over the clones.
+async fn stats<S: SessionStore>(State(ctx): State<Arc<Ctx<S>>>) -> Response {
+    let rt = ctx.cache.read_through.as_ref();
+    axum::Json(serde_json::json!({
+        "mode": ctx.cache.mode.as_str(),
+        "backend": rt.map(|r| r.backend().name()),
+        "policy": rt.map(|r| r.policy().as_str()),
+        "loads": rt.map_or(0, |r| r.loads()),
+        "skipped_stores": rt.map_or(0, |r| r.skipped_stores()),
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_file_backend_has_a_directory_per_clone() {
+        let c = Part3Config::try_parse_from([
+            "part3-server",
+            "--cache-backend",
+            "file",
+            "--clone-id",
+            "app/1 x",
+        ])
+        .unwrap();
+        assert_eq!(c.cache_backend, BackendKind::File);
+        assert_eq!(
+            c.file_dir(),
+            std::env::temp_dir()
+                .join("part3-file-cache")
+                .join("app_1_x"),
+            "one directory per clone id, made a plain file name"
+        );
+        let c = Part3Config::try_parse_from([
+            "part3-server",
+            "--cache-backend",
+            "file",
+            "--cache-file-dir",
+            "/var/tmp/c1",
+        ])
+        .unwrap();
+        assert_eq!(c.file_dir(), std::path::PathBuf::from("/var/tmp/c1"));
+        assert_eq!(
+            c.cache_file_max_bytes,
+            crate::backend::DEFAULT_MAX_DIR_BYTES
+        );
+    }
 }

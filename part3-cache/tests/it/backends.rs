@@ -370,3 +370,176 @@ async fn a_cache_that_never_answers_times_out() {
     }
     drop(listener);
 }
+
+// ------------------------------------------------ private servers (experiments 6 and 8)
+
+use part1_clones::session::{CartAdd, CartPush, Expiry, SessionStore};
+use part3_cache::demo::backends::{PrivateMemcached, PrivateRedis, TurnCounter, read_count};
+use part3_cache::sessions::MemcachedSessions;
+
+const EXPIRY: Expiry = Expiry {
+    idle: Duration::from_secs(600),
+    absolute: Duration::from_secs(3600),
+};
+
+#[tokio::test]
+async fn a_multi_get_is_one_round_trip_by_the_servers_counters() {
+    let keys: Vec<Key> = (0..100)
+        .map(|i| Key::new("article", &[&i.to_string()]))
+        .collect();
+    // Redis counts its own commands: one MGET, no GET.
+    let rd = PrivateRedis::start(false).await.unwrap();
+    let redis = rd.client("").await.unwrap();
+    for k in &keys {
+        redis.set(k, b"v", Duration::from_secs(60)).await.unwrap();
+    }
+    let (g0, m0) = (
+        rd.calls("get").await.unwrap(),
+        rd.calls("mget").await.unwrap(),
+    );
+    assert_eq!(read_count(&redis, &keys).await.unwrap(), 100);
+    assert_eq!(rd.calls("mget").await.unwrap() - m0, 1);
+    assert_eq!(rd.calls("get").await.unwrap() - g0, 0);
+    for k in &keys[..10] {
+        redis.get(k).await.unwrap();
+    }
+    assert_eq!(rd.calls("get").await.unwrap() - g0, 10);
+
+    // Memcached counts keys (cmd_get 100 either way); the relay counts
+    // the round trips on the wire.
+    let mc = PrivateMemcached::start(64).await.unwrap();
+    let relay = TurnCounter::start(&format!("127.0.0.1:{}", mc.port()))
+        .await
+        .unwrap();
+    let memcached = Memcached::connect(
+        &format!("memcache://127.0.0.1:{}", relay.port()),
+        "",
+        TEST_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    for k in &keys {
+        memcached
+            .set(k, b"v", Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let (t0, g0) = (relay.turns(), mc.stat("cmd_get").await.unwrap());
+    assert_eq!(read_count(&memcached, &keys).await.unwrap(), 100);
+    assert_eq!(relay.turns() - t0, 1, "one get_many, one round trip");
+    assert_eq!(mc.stat("cmd_get").await.unwrap() - g0, 100);
+    let t1 = relay.turns();
+    for k in &keys[..10] {
+        memcached.get(k).await.unwrap();
+    }
+    assert_eq!(relay.turns() - t1, 10, "ten gets, ten round trips");
+}
+
+#[tokio::test]
+async fn a_persisting_redis_keeps_a_key_across_a_restart_and_memcached_loses_it() {
+    let key = Key::new("article", &["kept"]);
+    let mut rd = PrivateRedis::start(true).await.unwrap();
+    let mut mc = PrivateMemcached::start(64).await.unwrap();
+    let redis = rd.client("").await.unwrap();
+    let memcached = mc.client("").await.unwrap();
+    redis
+        .set(&key, b"v", Duration::from_secs(600))
+        .await
+        .unwrap();
+    memcached
+        .set(&key, b"v", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(rd.dbsize().await.unwrap(), 1);
+    assert_eq!(mc.stat("curr_items").await.unwrap(), 1);
+    rd.restart().await.unwrap();
+    mc.restart().await.unwrap();
+    assert_eq!(rd.dbsize().await.unwrap(), 1, "redis reloaded its file");
+    assert_eq!(
+        mc.stat("curr_items").await.unwrap(),
+        0,
+        "memcached came back cold"
+    );
+    // Through the project's clients, once they have reconnected.
+    eventually(Duration::from_secs(5), "redis answers again", || async {
+        matches!(redis.get(&key).await, Ok(Some(v)) if v == b"v")
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "memcached answers again",
+        || async { matches!(memcached.get(&key).await, Ok(None)) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn memcached_sessions_round_trip_and_are_lost_on_restart() {
+    let mut mc = PrivateMemcached::start(64).await.unwrap();
+    let store = MemcachedSessions::new(Arc::new(mc.client("s:").await.unwrap()), EXPIRY);
+    let id = store.create(7, "user7").await.unwrap();
+    let s = store.load(&id).await.unwrap().expect("a session just made");
+    assert_eq!((s.user_id, s.username.as_str()), (7, "user7"));
+    // The cart: capped, and one idempotency key adds one item.
+    let key = part1_clones::idempotency::IdempotencyKey::from_headers(&{
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("idempotency-key", "k1".parse().unwrap());
+        h
+    })
+    .unwrap()
+    .unwrap();
+    let push = |item: &'static str, key| CartPush {
+        user_id: 7,
+        item,
+        max_items: 2,
+        key,
+    };
+    assert_eq!(
+        store.add_to_cart(&id, push("a", Some(&key))).await.unwrap(),
+        CartAdd::Added(1)
+    );
+    assert_eq!(
+        store.add_to_cart(&id, push("a", Some(&key))).await.unwrap(),
+        CartAdd::Repeated(1)
+    );
+    assert_eq!(
+        store.add_to_cart(&id, push("b", None)).await.unwrap(),
+        CartAdd::Added(2)
+    );
+    assert_eq!(
+        store.add_to_cart(&id, push("c", None)).await.unwrap(),
+        CartAdd::Full
+    );
+    assert_eq!(store.cart(&id).await.unwrap(), ["a", "b"]);
+    // Parallel pushes never pass the cap nor lose an item.
+    let other = store.create(8, "user8").await.unwrap();
+    let pushes = futures::future::join_all((0..10).map(|_| {
+        store.add_to_cart(
+            &other,
+            CartPush {
+                user_id: 8,
+                item: "x",
+                max_items: 5,
+                key: None,
+            },
+        )
+    }))
+    .await;
+    let added = pushes
+        .iter()
+        .filter(|r| matches!(r, Ok(CartAdd::Added(_))))
+        .count();
+    assert_eq!(added, 5, "{pushes:?}");
+    assert_eq!(store.cart(&other).await.unwrap().len(), 5);
+    // A restart logs everyone out.
+    mc.restart().await.unwrap();
+    eventually(Duration::from_secs(5), "the session is gone", || async {
+        matches!(store.load(&id).await, Ok(None))
+    })
+    .await;
+    assert_eq!(store.load(&other).await.unwrap(), None);
+    // Logout deletes the record.
+    let id = store.create(9, "user9").await.unwrap();
+    store.delete(&id).await.unwrap();
+    assert_eq!(store.load(&id).await.unwrap(), None);
+}

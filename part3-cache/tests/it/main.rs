@@ -3,11 +3,11 @@
 //! database, a key prefix), so they run in parallel.
 
 mod backends;
+mod eviction;
 mod http;
 mod keys;
-mod stampede;
-mod support;
 mod patterns;
-mod eviction;
 mod races;
+mod stampede;
 mod streams;
+mod support;

@@ -1,1 +1,196 @@
-//! Owned by a helper; filled in soon.
+//! The patterns of experiments 2 to 4, as counted tests against the real
+//! stack (Memcached and MariaDB; `./lab up` starts them): the query cache
+//! serves a stale article after a comment, the object cache serves it
+//! fresh, flush-on-write turns the next read into a miss, a file cache on
+//! each server's disk leaves the other server's copy stale, and the guard
+//! that turns MariaDB's own query cache on puts the shared primary's
+//! settings back on every path. Counts only, never timings.
+
+use std::panic::AssertUnwindSafe;
+
+use common::testing;
+use futures::FutureExt;
+use part3_cache::demo::no_cache::{is_stale, stale_reads};
+use part3_cache::demo::query_cache::{query_cache_settings, with_mariadb_query_cache};
+use part3_cache::server::{BackendKind, CacheMode};
+use serde_json::json;
+
+use crate::support::{self, Loaded, config, cookie_for, get, post, spawn, user};
+
+/// The three most read articles of the tiny dataset.
+fn hot(l: &Loaded) -> Vec<u64> {
+    let pop = l.spec.article_popularity();
+    (1..=3).map(|r| pop.id_of_rank(r)).collect()
+}
+
+/// One server with `cache` on Memcached, and a logged-in user's cookie.
+async fn one(l: &Loaded, cache: CacheMode, flush: bool) -> (support::App, String) {
+    support::require(BackendKind::Memcached).await;
+    let prefix = testing::unique_name("pat");
+    let mut c = config(l, cache, BackendKind::Memcached, &prefix);
+    c.query_flush_on_write = flush;
+    let app = spawn(c).await;
+    let (uid, name) = user(l, 3).await;
+    let cookie = cookie_for(&prefix, uid, &name).await;
+    (app, cookie)
+}
+
+#[tokio::test]
+async fn the_query_cache_serves_a_stale_article_after_a_comment() {
+    let l = support::loaded().await;
+    let (app, cookie) = one(&l, CacheMode::Query, false).await;
+    let ids = hot(&l);
+    let s = stale_reads(&l.db.pool, &app.url, &app.url, &cookie, &ids)
+        .await
+        .unwrap();
+    assert_eq!(s.checked, 3);
+    assert_eq!(s.warm, 3, "each article was cached before the write");
+    assert_eq!(
+        s.stale, 3,
+        "nothing names the hashed query: every read after a comment is stale"
+    );
+    l.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_object_cache_serves_the_article_fresh_after_a_comment() {
+    let l = support::loaded().await;
+    let (app, cookie) = one(&l, CacheMode::Object, false).await;
+    let ids = hot(&l);
+    let s = stale_reads(&l.db.pool, &app.url, &app.url, &cookie, &ids)
+        .await
+        .unwrap();
+    assert_eq!((s.checked, s.warm), (3, 3));
+    assert_eq!(
+        s.stale, 0,
+        "the comment deleted article:{{id}} after commit"
+    );
+    l.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn flush_on_write_makes_the_next_read_a_miss() {
+    let l = support::loaded().await;
+    let (app, cookie) = one(&l, CacheMode::Query, true).await;
+    let id = hot(&l)[0];
+    let path = format!("/articles/{id}");
+    assert_eq!(get(&app.url, &path, None).await.x(), "miss");
+    assert_eq!(get(&app.url, &path, None).await.x(), "hit");
+    // A comment on another article flushes this one too: every query.
+    let other = hot(&l)[1];
+    let wrote = post(
+        &app.url,
+        &format!("/articles/{other}/comments"),
+        &cookie,
+        json!({"body": "flush"}),
+    )
+    .await;
+    assert_eq!(wrote.status, 201, "{}", wrote.body);
+    let after = get(&app.url, &path, None).await;
+    assert_eq!(
+        after.x(),
+        "miss",
+        "a new generation: every cached query is gone"
+    );
+    let body = "fresh after flush";
+    let wrote = post(
+        &app.url,
+        &format!("{path}/comments"),
+        &cookie,
+        json!({"body": body}),
+    )
+    .await;
+    assert_eq!(wrote.status, 201, "{}", wrote.body);
+    let after = get(&app.url, &path, None).await;
+    assert_eq!(after.x(), "miss");
+    assert!(!is_stale(&l.db.pool, id, body, &after.json()).await.unwrap());
+    l.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_file_cache_leaves_the_other_servers_copy_stale() {
+    let l = support::loaded().await;
+    let prefix = testing::unique_name("patf");
+    let dirs: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|s| std::env::temp_dir().join(testing::unique_name(&format!("patfile_{s}"))))
+        .collect();
+    let mut servers = Vec::new();
+    for dir in &dirs {
+        let mut c = config(&l, CacheMode::Object, BackendKind::File, &prefix);
+        c.cache_file_dir = Some(dir.clone());
+        servers.push(spawn(c).await);
+    }
+    let (a, b) = (&servers[0], &servers[1]);
+    let (uid, name) = user(&l, 3).await;
+    let cookie = cookie_for(&prefix, uid, &name).await;
+    let id = hot(&l)[0];
+    let path = format!("/articles/{id}");
+    for s in [a, b] {
+        assert_eq!(get(&s.url, &path, None).await.x(), "miss", "its own file");
+        assert_eq!(get(&s.url, &path, None).await.x(), "hit");
+    }
+    let body = "written through a";
+    let wrote = post(
+        &a.url,
+        &format!("{path}/comments"),
+        &cookie,
+        json!({"body": body}),
+    )
+    .await;
+    assert_eq!(wrote.status, 201, "{}", wrote.body);
+    let on_a = get(&a.url, &path, None).await;
+    assert_eq!(on_a.x(), "miss", "the write deleted a's own file");
+    assert!(!is_stale(&l.db.pool, id, body, &on_a.json()).await.unwrap());
+    let on_b = get(&b.url, &path, None).await;
+    assert_eq!(on_b.x(), "hit", "b's file was never deleted");
+    assert!(
+        is_stale(&l.db.pool, id, body, &on_b.json()).await.unwrap(),
+        "b serves the old page: {}",
+        on_b.body
+    );
+    drop(servers);
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    l.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_mariadb_query_cache_guard_puts_the_settings_back_on_every_path() {
+    let url = std::env::var("MARIADB_PRIMARY_ADMIN_URL")
+        .unwrap_or_else(|_| "mysql://labadmin:labadmin@127.0.0.1:13306/lab".to_owned());
+    let admin = testing::mariadb_at("MariaDB primary (admin)", &url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bytes = 8 * 1024 * 1024;
+    // All three paths in one test: the guard is serialised by a named
+    // lock, but a parallel test's guard could be on when we read "before".
+    let before = query_cache_settings(&admin).await.unwrap();
+
+    let inside = with_mariadb_query_cache(&admin, bytes, || async {
+        query_cache_settings(&admin).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(inside, ("ON".to_owned(), bytes), "the guard turned it on");
+    assert_eq!(query_cache_settings(&admin).await.unwrap(), before, "Ok");
+
+    let failed = with_mariadb_query_cache(&admin, bytes, || async {
+        Err::<(), _>(anyhow::anyhow!("the closure failed"))
+    })
+    .await;
+    assert!(format!("{:#}", failed.unwrap_err()).contains("the closure failed"));
+    assert_eq!(query_cache_settings(&admin).await.unwrap(), before, "Err");
+
+    let panicked = AssertUnwindSafe(with_mariadb_query_cache(&admin, bytes, || async {
+        if bytes > 0 {
+            panic!("the closure panicked");
+        }
+        Ok(())
+    }))
+    .catch_unwind()
+    .await;
+    assert!(panicked.is_err(), "the panic goes on after the undo");
+    assert_eq!(query_cache_settings(&admin).await.unwrap(), before, "panic");
+}

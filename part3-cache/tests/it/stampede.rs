@@ -88,7 +88,12 @@ async fn loads_for(server: Server, policy: Stampede, n_clones: usize) -> (usize,
     let key = expired_hot_key(&clones[0]).await;
     let loads = Arc::new(AtomicUsize::new(0));
     let outcomes = herd(&clones, &key, &loads).await;
-    (loads.load(Ordering::SeqCst), outcomes)
+    let loads = loads.load(Ordering::SeqCst);
+    // The read paths' own counters (what `GET /cache/stats` serves) agree
+    // with the loader's.
+    let counted: u64 = clones.iter().map(|c| c.loads()).sum();
+    assert_eq!(counted, loads as u64, "{server:?} {policy:?}: loads()");
+    (loads, outcomes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,6 +312,62 @@ async fn a_dead_lease_holder_stalls_readers_only_for_the_lease_wait() {
             cache.backend().get(&key).await.unwrap().as_deref(),
             Some(&b"mine"[..]),
             "{server:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn xfetch_refreshes_once_per_clone_and_the_others_keep_hitting() {
+    for server in [Server::Memcached, Server::Redis] {
+        let backend: Arc<dyn CacheBackend> = match server {
+            Server::Memcached => Arc::new(memcached(&prefix("xfone")).await),
+            Server::Redis => Arc::new(redis(&prefix("xfone")).await),
+        };
+        // A huge beta: every read wants to refresh.
+        let cache = Arc::new(ReadThrough::new(backend, Stampede::XFetch).with_xfetch_beta(1e9));
+        let key = Key::new("article", &["hot"]);
+        // Stored with a compute time of 20 ms (XFetch's delta; 0 would
+        // never refresh early, whatever beta).
+        cache
+            .get_or_load(&key, TTL, || async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, ()>(b"v1".to_vec())
+            })
+            .await
+            .unwrap();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let refresh = {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&key, TTL, || async move {
+                        started_tx.send(()).unwrap();
+                        go_rx.await.unwrap();
+                        Ok::<_, ()>(b"v2".to_vec())
+                    })
+                    .await
+            })
+        };
+        started_rx.await.unwrap();
+        // While the refresh is in flight, 20 readers whose draw also says
+        // "refresh" are served the cached value: no load, no wait.
+        for _ in 0..20 {
+            let got = cache
+                .get_or_load(&key, TTL, || async { Ok::<_, ()>(b"loaded".to_vec()) })
+                .await;
+            assert_eq!(got, Ok((b"v1".to_vec(), Outcome::Hit)), "{server:?}");
+        }
+        go_tx.send(()).unwrap();
+        assert_eq!(
+            refresh.await.unwrap(),
+            Ok((b"v2".to_vec(), Outcome::Miss)),
+            "{server:?}"
+        );
+        assert_eq!(
+            cache.loads(),
+            2,
+            "{server:?}: the first fill and one refresh"
         );
     }
 }

@@ -66,7 +66,8 @@ pub async fn require(backend: BackendKind) {
     let stack = testing::stack();
     let (service, url) = match backend {
         BackendKind::Memcached => ("Memcached", stack.memcached_url),
-        BackendKind::Redis => ("Redis", stack.redis_url),
+        // The file cache needs no server; Redis holds the sessions.
+        BackendKind::Redis | BackendKind::File => ("Redis", stack.redis_url),
     };
     let addr = host_port(&url);
     testing::tcp(service, &addr)

@@ -1,0 +1,368 @@
+//! The queue between the frontend and the workers: one trait, two
+//! backends, chosen by `--queue rabbitmq|redis`.
+//!
+//! What every backend here promises, and what it does not:
+//!
+//! - **Durable hand-off.** [`JobQueue::enqueue`] returns only once the
+//!   queue has the job: RabbitMQ's publisher confirm for a persistent
+//!   message, Redis's reply to `LPUSH` (in memory, written to the
+//!   append-only file within a second: see [`redis`]).
+//! - **At-least-once delivery.** A job leaves the queue only when a
+//!   consumer acknowledges it ([`JobConsumer::ack`]). A consumer that dies
+//!   holding a job (crash, `kill -9`, a cut connection) gets it taken back
+//!   and given to another. So a job can be *delivered* twice, and the
+//!   worker makes its *effect* idempotent (see [`crate::job`]).
+//! - **Explicit outcomes.** Besides ack, a consumer can put a job back
+//!   ([`JobConsumer::requeue`]) or give up on it
+//!   ([`JobConsumer::dead_letter`]): it moves to a dead-letter queue where
+//!   a person can look at it, instead of being retried forever.
+//! - **A delivery limit.** Every delivery is counted ([`Delivery::attempt`]);
+//!   past [`QueueConfig::max_deliveries`] the queue itself dead-letters the
+//!   job, even if the consumers that had it all died before they could.
+//!   A poison job cannot loop forever or hold the others up.
+//!
+//! What neither promises: order (a requeued job goes behind others), or
+//! exactly-once anything.
+//!
+//! Reading order: this file, then [`rabbitmq`] (the recommended backend),
+//! then [`redis`] (the same promises built by hand from lists).
+
+pub mod rabbitmq;
+pub mod redis;
+
+use std::time::Duration;
+
+use crate::job::{DecodeError, Envelope};
+
+/// Which queue backend: the `--queue` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// RabbitMQ: a durable quorum queue, confirms, manual acks.
+    #[value(name = "rabbitmq")]
+    RabbitMq,
+    /// Redis lists: BLMOVE into a processing list, a reaper for the dead.
+    Redis,
+}
+
+impl Backend {
+    /// The backend as the flag spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::RabbitMq => "rabbitmq",
+            Backend::Redis => "redis",
+        }
+    }
+}
+
+/// The queue's settings: flags, environment variables and defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueueConfig {
+    /// The queue backend.
+    #[arg(long = "queue", env = "QUEUE", value_enum, default_value = "rabbitmq")]
+    pub backend: Backend,
+    /// The queue's name: RabbitMQ's queue (with `<name>.dlx` and
+    /// `<name>.dead` beside it) or the Redis keys' prefix.
+    #[arg(long, env = "QUEUE_NAME", default_value = "part4.jobs")]
+    pub queue_name: String,
+    /// Deliveries a job may have before it is dead-lettered. RabbitMQ
+    /// stores it in the queue's arguments: changing it needs a new
+    /// `QUEUE_NAME` (or deleting the queue).
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 3)]
+    pub max_deliveries: u32,
+    /// RabbitMQ: messages a consumer may hold unacknowledged (basic.qos).
+    /// 1 for long jobs: each goes to a worker that is free ("fair
+    /// dispatch"); high for many short ones (throughput).
+    #[arg(long, env = "PREFETCH", default_value_t = 1)]
+    pub prefetch: u16,
+    /// Redis: a consumer that has not refreshed its heartbeat for this long
+    /// is dead, and the reaper gives its jobs back to the queue.
+    #[arg(long, env = "CONSUMER_TTL_MS", default_value_t = 5000)]
+    pub consumer_ttl_ms: u64,
+}
+
+impl QueueConfig {
+    /// A configuration for `backend` and `queue_name`, with the defaults
+    /// for the rest (tests and demos).
+    pub fn new(backend: Backend, queue_name: impl Into<String>) -> Self {
+        QueueConfig {
+            backend,
+            queue_name: queue_name.into(),
+            max_deliveries: 3,
+            prefetch: 1,
+            consumer_ttl_ms: 5000,
+        }
+    }
+
+    /// The consumer heartbeat's time to live.
+    pub fn consumer_ttl(&self) -> Duration {
+        Duration::from_millis(self.consumer_ttl_ms.max(100))
+    }
+}
+
+/// What went wrong with a queue. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The broker or server cannot be reached (or went away).
+    #[error("{backend} is not reachable at {url}: run ./lab up ({reason})")]
+    Unreachable {
+        /// Which backend.
+        backend: &'static str,
+        /// Where (without password).
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// A mandatory publish that no queue took: the broker returned it.
+    #[error(
+        "RabbitMQ could not route the job to queue {queue:?} ({reply}): the queue does not exist; nothing was enqueued"
+    )]
+    Unroutable {
+        /// The routing key (the queue's name).
+        queue: String,
+        /// The broker's reply (`312 NO_ROUTE`).
+        reply: String,
+    },
+    /// The broker refused to take responsibility for the message.
+    #[error("RabbitMQ refused the job (basic.nack): it was not stored, publish again later")]
+    Nacked,
+    /// The queue exists with other settings than ours.
+    #[error(
+        "queue {queue:?} already exists with other arguments ({reason}); delete it or set another QUEUE_NAME"
+    )]
+    Mismatch {
+        /// The queue.
+        queue: String,
+        /// The broker's words.
+        reason: String,
+    },
+    /// The delivery came on a connection that has closed since: the broker
+    /// has already put it back, and it will be delivered again.
+    #[error(
+        "this delivery came on a connection that has since closed: the job is back in the queue and will be delivered again"
+    )]
+    Stale,
+    /// Any other error of the client or server.
+    #[error("{backend}: {reason}")]
+    Other {
+        /// Which backend.
+        backend: &'static str,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// How many jobs are where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Depth {
+    /// Waiting to be delivered.
+    pub ready: u64,
+    /// Dead-lettered.
+    pub dead: u64,
+}
+
+/// One job as a consumer received it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The job, or why the bytes are not one (it goes to the dead letters,
+    /// and the worker carries on).
+    pub envelope: Result<Envelope, DecodeError>,
+    /// The message as it came.
+    pub body: Vec<u8>,
+    /// Which delivery of this message this is: 1 the first time, 2 after
+    /// one requeue or one consumer death, and so on.
+    pub attempt: u32,
+    pub(crate) handle: Handle,
+}
+
+/// What a backend needs to settle a delivery.
+#[derive(Debug)]
+pub(crate) enum Handle {
+    RabbitMq {
+        acker: lapin::Acker,
+        /// Which of the consumer's connections it came on.
+        generation: u64,
+    },
+    Redis,
+}
+
+/// A queue: put jobs in, count them, open consumers.
+pub trait JobQueue: Send + Sync + 'static {
+    /// What [`JobQueue::consume`] opens.
+    type Consumer: JobConsumer;
+
+    /// The backend's name, as `--queue` spells it.
+    fn backend(&self) -> Backend;
+
+    /// Puts a job in the queue; returns once the queue has it (see the
+    /// module docs for what "has" means per backend).
+    fn enqueue(&self, job: &Envelope) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Puts any bytes in the queue, as a buggy or hostile producer would:
+    /// for the drills, to show that garbage is dead-lettered and does not
+    /// crash a worker.
+    fn enqueue_raw(
+        &self,
+        message_id: &str,
+        body: &[u8],
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Jobs waiting and dead-lettered.
+    fn depth(&self) -> impl Future<Output = Result<Depth, QueueError>> + Send;
+
+    /// Opens a consumer named `name` (unique per process: the worker's name).
+    fn consume(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Self::Consumer, QueueError>> + Send;
+
+    /// Deletes the queue and everything beside it (tests clean up with it).
+    fn destroy(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// A consumer: takes jobs one at a time and settles each.
+pub trait JobConsumer: Send + 'static {
+    /// The next job, waiting up to `wait`; `None` if none came. Survives a
+    /// lost connection by reconnecting (the broker has put back what this
+    /// consumer held).
+    fn next(
+        &mut self,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Option<Delivery>, QueueError>> + Send;
+
+    /// Done with it: the queue forgets the job.
+    fn ack(&mut self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Not now: back in the queue (counted as a delivery).
+    fn requeue(
+        &mut self,
+        delivery: &Delivery,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Never: to the dead-letter queue.
+    fn dead_letter(
+        &mut self,
+        delivery: &Delivery,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Stops consuming; whatever this consumer still holds goes back to
+    /// the queue at once (a graceful stop, unlike a crash, does not wait
+    /// for the broker or the reaper to notice).
+    fn close(self) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// Either backend, chosen at run time by `--queue`.
+pub enum AnyQueue {
+    /// RabbitMQ.
+    RabbitMq(rabbitmq::RabbitQueue),
+    /// Redis lists.
+    Redis(redis::RedisQueue),
+}
+
+/// Either backend's consumer.
+pub enum AnyConsumer {
+    /// RabbitMQ (boxed: its connection state is large).
+    RabbitMq(Box<rabbitmq::RabbitConsumer>),
+    /// Redis lists.
+    Redis(redis::RedisConsumer),
+}
+
+impl AnyQueue {
+    /// Connects to the backend `config` names, at the stack's URL for it,
+    /// and declares the queue.
+    pub async fn connect(
+        config: &QueueConfig,
+        stack: &common::config::StackConfig,
+    ) -> Result<Self, QueueError> {
+        Ok(match config.backend {
+            Backend::RabbitMq => AnyQueue::RabbitMq(
+                rabbitmq::RabbitQueue::connect(&stack.rabbitmq_url, config.clone()).await?,
+            ),
+            Backend::Redis => {
+                AnyQueue::Redis(redis::RedisQueue::connect(&stack.redis_url, config.clone()).await?)
+            }
+        })
+    }
+}
+
+impl JobQueue for AnyQueue {
+    type Consumer = AnyConsumer;
+
+    fn backend(&self) -> Backend {
+        match self {
+            AnyQueue::RabbitMq(q) => q.backend(),
+            AnyQueue::Redis(q) => q.backend(),
+        }
+    }
+
+    async fn enqueue(&self, job: &Envelope) -> Result<(), QueueError> {
+        match self {
+            AnyQueue::RabbitMq(q) => q.enqueue(job).await,
+            AnyQueue::Redis(q) => q.enqueue(job).await,
+        }
+    }
+
+    async fn enqueue_raw(&self, message_id: &str, body: &[u8]) -> Result<(), QueueError> {
+        match self {
+            AnyQueue::RabbitMq(q) => q.enqueue_raw(message_id, body).await,
+            AnyQueue::Redis(q) => q.enqueue_raw(message_id, body).await,
+        }
+    }
+
+    async fn depth(&self) -> Result<Depth, QueueError> {
+        match self {
+            AnyQueue::RabbitMq(q) => q.depth().await,
+            AnyQueue::Redis(q) => q.depth().await,
+        }
+    }
+
+    async fn consume(&self, name: &str) -> Result<AnyConsumer, QueueError> {
+        Ok(match self {
+            AnyQueue::RabbitMq(q) => AnyConsumer::RabbitMq(Box::new(q.consume(name).await?)),
+            AnyQueue::Redis(q) => AnyConsumer::Redis(q.consume(name).await?),
+        })
+    }
+
+    async fn destroy(&self) -> Result<(), QueueError> {
+        match self {
+            AnyQueue::RabbitMq(q) => q.destroy().await,
+            AnyQueue::Redis(q) => q.destroy().await,
+        }
+    }
+}
+
+impl JobConsumer for AnyConsumer {
+    async fn next(&mut self, wait: Duration) -> Result<Option<Delivery>, QueueError> {
+        match self {
+            AnyConsumer::RabbitMq(c) => c.next(wait).await,
+            AnyConsumer::Redis(c) => c.next(wait).await,
+        }
+    }
+
+    async fn ack(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
+        match self {
+            AnyConsumer::RabbitMq(c) => c.ack(delivery).await,
+            AnyConsumer::Redis(c) => c.ack(delivery).await,
+        }
+    }
+
+    async fn requeue(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
+        match self {
+            AnyConsumer::RabbitMq(c) => c.requeue(delivery).await,
+            AnyConsumer::Redis(c) => c.requeue(delivery).await,
+        }
+    }
+
+    async fn dead_letter(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
+        match self {
+            AnyConsumer::RabbitMq(c) => c.dead_letter(delivery).await,
+            AnyConsumer::Redis(c) => c.dead_letter(delivery).await,
+        }
+    }
+
+    async fn close(self) -> Result<(), QueueError> {
+        match self {
+            AnyConsumer::RabbitMq(c) => (*c).close().await,
+            AnyConsumer::Redis(c) => c.close().await,
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! The same promises from Redis lists, built by hand: the "reliable queue"
+//! pattern.
+//!
+//! A plain `BRPOP` takes the job *out* of Redis: a worker that dies before
+//! it finishes loses the job for good. Instead each consumer moves the job
+//! atomically into a list of its own, and removes it from there only when
+//! it is done:
+//!
+//! ```text
+//! producer:  LPUSH  <q>:queue job
+//! consumer:  BLMOVE <q>:queue <q>:processing:<consumer> RIGHT LEFT <timeout>
+//!            ... work, commit the effect ...
+//!            LREM   <q>:processing:<consumer> 1 job          (the ack)
+//! ```
+//!
+//! What the broker does for RabbitMQ, we do here:
+//!
+//! - **Death is noticed by a heartbeat.** Each consumer refreshes
+//!   `<q>:alive:<consumer>` (a key with a time to live, `CONSUMER_TTL_MS`)
+//!   from a task of its own while it lives. The **reaper** (a Lua script,
+//!   atomic, run by every consumer's heartbeat and by [`RedisQueue::reap`])
+//!   moves the processing list of every registered consumer whose key has
+//!   expired back to the head of the queue.
+//! - **Deliveries are counted** in the hash `<q>:deliveries` (job id →
+//!   count). Past `MAX_DELIVERIES` the consumer moves the job to
+//!   `<q>:dead` instead of handing it out, as RabbitMQ's delivery limit
+//!   does.
+//! - **Dead letters** are the list `<q>:dead`.
+//! - **Strays.** A connection cut right after the server did a `BLMOVE`
+//!   loses its answer: the job sits in our processing list and we do not
+//!   know it. After any error, once the consumer holds nothing, it moves
+//!   its processing list back to the queue. (A test found this one: cut
+//!   the connection, and the next job vanished into the consumer's own
+//!   list until it stopped.)
+//!
+//! Two redis-rs pitfalls, both reproduced on this machine:
+//!
+//! 1. `ConnectionManager` times out every command after **500 ms** by
+//!    default. A `BLMOVE` that blocks longer "times out" on the client
+//!    while the server keeps it open, and the next job pushed is moved by
+//!    that abandoned call into a list nobody reads (with a plain `BRPOP`,
+//!    it is simply lost). So the blocking pop gets its own connection with
+//!    `set_response_timeout(None)`.
+//! 2. A multiplexed connection carries everyone's commands in one stream:
+//!    a blocking pop on a *shared* connection stalls every other command
+//!    behind it. Hence one blocking connection per consumer, and a shared
+//!    one for the rest.
+//!
+//! Why lists and not a stream with a consumer group: streams do most of
+//! this for you (`XREADGROUP`, `XACK`, a pending list with delivery
+//! counts, `XAUTOCLAIM`). But `XAUTOCLAIM` reclaims a job by *idle time*,
+//! not by the death of its consumer: a job that runs longer than the idle
+//! threshold is handed to a second worker while the first still works on
+//! it, so the threshold must exceed the longest job, and a crashed worker's
+//! job then waits that long. The heartbeat here reclaims as soon as the
+//! consumer is known dead, whatever the job's length. Lists are also what
+//! the article names. Streams win when a job must be read by several
+//! groups, or replayed: a list forgets what was acked.
+//!
+//! What Redis does not promise: `LPUSH`'s reply means "in memory". The
+//! lab's Redis appends to its file every second (`appendfsync everysec`),
+//! so a crash can lose the last second of jobs; RabbitMQ's confirm comes
+//! after the disk. The keys are built inside Lua, which Redis Cluster
+//! would refuse (every key must be passed in): one Redis here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{Backend, Delivery, Depth, Handle, JobConsumer, JobQueue, QueueConfig, QueueError};
+use crate::job::Envelope;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every key of one queue, under its prefix.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+    queue: String,
+    dead: String,
+    deliveries: String,
+    consumers: String,
+}
+
+impl Keys {
+    fn of(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            queue: format!("{prefix}:queue"),
+            dead: format!("{prefix}:dead"),
+            deliveries: format!("{prefix}:deliveries"),
+            consumers: format!("{prefix}:consumers"),
+        }
+    }
+    fn processing(&self, consumer: &str) -> String {
+        format!("{}:processing:{consumer}", self.prefix)
+    }
+    fn alive(&self, consumer: &str) -> String {
+        format!("{}:alive:{consumer}", self.prefix)
+    }
+}
+
+/// The reaper: every registered consumer whose heartbeat key has expired
+/// gets its processing list moved back to the head of the queue (the
+/// oldest job first), and is unregistered. Returns how many jobs moved.
+const REAP: &str = r"
+local moved = 0
+for _, c in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. ':alive:' .. c) == 0 then
+    local p = ARGV[1] .. ':processing:' .. c
+    while redis.call('LMOVE', p, KEYS[2], 'LEFT', 'RIGHT') do
+      moved = moved + 1
+    end
+    redis.call('SREM', KEYS[1], c)
+  end
+end
+return moved
+";
+
+/// A graceful stop: this consumer's jobs back to the head of the queue,
+/// its heartbeat and registration gone.
+const RETURN_ALL: &str = r"
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
+  moved = moved + 1
+end
+redis.call('DEL', KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[1])
+return moved
+";
+
+/// Strays: jobs in our own processing list that we do not hold (a BLMOVE
+/// done by the server whose answer the cut connection lost). Back to the
+/// head of the queue, where they would have been.
+const RETURN_STRAYS: &str = r"
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
+  moved = moved + 1
+end
+return moved
+";
+
+/// Requeue or dead-letter: take the job out of our processing list and, if
+/// it was still there, push it to the back of `KEYS[2]`. If the reaper
+/// already gave it back (we were thought dead), do nothing: pushing it
+/// again would make two copies.
+const MOVE: &str = r"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+  return 0
+end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+if ARGV[3] == '1' and ARGV[2] ~= '' then
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
+return 1
+";
+
+fn unreachable(url: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unreachable {
+        backend: "Redis",
+        url: common::config::redact(url),
+        reason: e.to_string(),
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Other {
+        backend: "Redis",
+        reason: e.to_string(),
+    }
+}
+
+/// A connection manager; `blocking` ones have no response timeout.
+async fn manager(
+    client: &redis::Client,
+    url: &str,
+    blocking: bool,
+) -> Result<ConnectionManager, QueueError> {
+    let mut config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_number_of_retries(1);
+    if blocking {
+        // Pitfall 1 in the module docs: the default 500 ms would abandon
+        // every BLMOVE that waits longer, and the server would not know.
+        config = config.set_response_timeout(None);
+    }
+    let mut conn = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| unreachable(url, "timed out"))?
+    .map_err(|e| unreachable(url, e))?;
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| unreachable(url, e))?;
+    Ok(conn)
+}
+
+/// Runs `command`, and once more if the connection had dropped: the
+/// connection manager reconnects meanwhile. Safe for the settling commands
+/// only because each is harmless twice (a second LREM finds nothing).
+async fn retry_once<T, F, Fut>(
+    conn: &mut ConnectionManager,
+    mut command: F,
+) -> Result<T, QueueError>
+where
+    F: FnMut(ConnectionManager) -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    match command(conn.clone()).await {
+        Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+            tracing::info!(error = %e, "the Redis connection dropped: once more");
+            command(conn.clone()).await.map_err(other)
+        }
+        result => result.map_err(other),
+    }
+}
+
+/// The queue's producing side, and the door to consumers.
+pub struct RedisQueue {
+    url: String,
+    client: redis::Client,
+    conn: ConnectionManager,
+    config: QueueConfig,
+    keys: Keys,
+    reaped: Arc<AtomicU64>,
+}
+
+impl RedisQueue {
+    /// Connects to Redis at `url`; the keys start with `config.queue_name`.
+    pub async fn connect(url: &str, config: QueueConfig) -> Result<Self, QueueError> {
+        let client = redis::Client::open(url).map_err(|e| unreachable(url, e))?;
+        let conn = manager(&client, url, false).await?;
+        Ok(RedisQueue {
+            url: url.to_owned(),
+            client,
+            conn,
+            keys: Keys::of(&config.queue_name),
+            config,
+            reaped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Runs the reaper once: returns how many jobs it gave back to the
+    /// queue from consumers whose heartbeat has expired.
+    pub async fn reap(&self) -> Result<u64, QueueError> {
+        let moved = reap(&mut self.conn.clone(), &self.keys).await?;
+        self.reaped.fetch_add(moved, Ordering::Relaxed);
+        Ok(moved)
+    }
+
+    /// Jobs given back by the reaper, through this queue handle and its
+    /// consumers' heartbeats, since it was opened.
+    pub fn reaped(&self) -> u64 {
+        self.reaped.load(Ordering::Relaxed)
+    }
+}
+
+async fn reap(conn: &mut ConnectionManager, keys: &Keys) -> Result<u64, QueueError> {
+    Script::new(REAP)
+        .key(&keys.consumers)
+        .key(&keys.queue)
+        .arg(&keys.prefix)
+        .invoke_async(conn)
+        .await
+        .map_err(other)
+}
+
+impl JobQueue for RedisQueue {
+    type Consumer = RedisConsumer;
+
+    fn backend(&self) -> Backend {
+        Backend::Redis
+    }
+
+    async fn enqueue(&self, job: &Envelope) -> Result<(), QueueError> {
+        self.enqueue_raw(job.id.as_str(), &job.encode()).await
+    }
+
+    /// The message id is not stored: a Redis list holds only the bytes.
+    async fn enqueue_raw(&self, _message_id: &str, body: &[u8]) -> Result<(), QueueError> {
+        let _: u64 = self
+            .conn
+            .clone()
+            .lpush(&self.keys.queue, body)
+            .await
+            .map_err(|e| unreachable(&self.url, e))?;
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<Depth, QueueError> {
+        let (ready, dead): (u64, u64) = redis::pipe()
+            .llen(&self.keys.queue)
+            .llen(&self.keys.dead)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(other)?;
+        Ok(Depth { ready, dead })
+    }
+
+    async fn consume(&self, name: &str) -> Result<RedisConsumer, QueueError> {
+        // A fresh id per consumer: a worker restarted under the same name
+        // must not adopt (and never finish) the jobs of its dead self; the
+        // reaper gives those back.
+        let token: u32 = rand::random();
+        let id = format!("{name}-{token:08x}");
+        let ttl = self.config.consumer_ttl();
+        let mut conn = self.conn.clone();
+        beat(&mut conn, &self.keys, &id, ttl).await?;
+        let blocking = manager(&self.client, &self.url, true).await?;
+        let heartbeat = tokio::spawn(heartbeat(
+            conn.clone(),
+            self.keys.clone(),
+            id.clone(),
+            ttl,
+            self.reaped.clone(),
+        ));
+        Ok(RedisConsumer {
+            processing: self.keys.processing(&id),
+            id,
+            keys: self.keys.clone(),
+            max_deliveries: self.config.max_deliveries.max(1),
+            conn,
+            blocking,
+            heartbeat,
+            outstanding: 0,
+            suspect: false,
+        })
+    }
+
+    async fn destroy(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let consumers: Vec<String> = conn.smembers(&self.keys.consumers).await.map_err(other)?;
+        let mut keys = vec![
+            self.keys.queue.clone(),
+            self.keys.dead.clone(),
+            self.keys.deliveries.clone(),
+            self.keys.consumers.clone(),
+        ];
+        for c in &consumers {
+            keys.push(self.keys.processing(c));
+            keys.push(self.keys.alive(c));
+        }
+        let _: u64 = conn.del(keys).await.map_err(other)?;
+        Ok(())
+    }
+}
+
+/// "I am alive": the heartbeat key, and the registration the reaper reads.
+async fn beat(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    id: &str,
+    ttl: Duration,
+) -> Result<(), QueueError> {
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg(keys.alive(id))
+        .arg(1)
+        .arg("PX")
+        .arg(ttl.as_millis() as u64)
+        .ignore()
+        .sadd(&keys.consumers, id)
+        .ignore()
+        .query_async(conn)
+        .await
+        .map_err(other)?;
+    Ok(())
+}
+
+/// The consumer's background task: beat three times per time to live,
+/// and reap the dead. Ends when the consumer is dropped (aborted).
+async fn heartbeat(
+    mut conn: ConnectionManager,
+    keys: Keys,
+    id: String,
+    ttl: Duration,
+    reaped: Arc<AtomicU64>,
+) {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        if let Err(e) = beat(&mut conn, &keys, &id, ttl).await {
+            // If this goes on past the TTL, another consumer's reaper will
+            // give our jobs away while we work on them: the idempotent
+            // effect makes that harmless, only wasteful.
+            tracing::warn!(consumer = %id, error = %e, "heartbeat failed");
+            continue;
+        }
+        match reap(&mut conn, &keys).await {
+            Ok(0) => {}
+            Ok(n) => {
+                reaped.fetch_add(n, Ordering::Relaxed);
+                tracing::info!(consumer = %id, jobs = n, "reaped the jobs of dead consumers");
+            }
+            Err(e) => tracing::warn!(consumer = %id, error = %e, "reaper failed"),
+        }
+    }
+}
+
+/// One consumer: its processing list, its blocking connection, its
+/// heartbeat.
+pub struct RedisConsumer {
+    id: String,
+    keys: Keys,
+    processing: String,
+    max_deliveries: u32,
+    conn: ConnectionManager,
+    /// For BLMOVE only (see the module docs' pitfalls).
+    blocking: ConnectionManager,
+    heartbeat: tokio::task::JoinHandle<()>,
+    /// Deliveries handed out and not yet settled.
+    outstanding: usize,
+    /// A command failed since the last check: our processing list may
+    /// hold a stray (a BLMOVE the server did but whose answer we lost).
+    suspect: bool,
+}
+
+impl Drop for RedisConsumer {
+    fn drop(&mut self) {
+        // A dropped consumer stops beating, as a dead process does: its
+        // jobs come back when its key expires and a reaper runs.
+        self.heartbeat.abort();
+    }
+}
+
+impl RedisConsumer {
+    /// This consumer's id (its processing list is `<q>:processing:<id>`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Gives back the strays of our processing list (see [`RETURN_STRAYS`]):
+    /// only when we hold nothing, so everything there is a stray.
+    async fn return_strays(&mut self) -> Result<(), QueueError> {
+        let moved: u64 = Script::new(RETURN_STRAYS)
+            .key(&self.processing)
+            .key(&self.keys.queue)
+            .invoke_async(&mut self.blocking)
+            .await
+            .map_err(other)?;
+        if moved > 0 {
+            tracing::warn!(consumer = %self.id, jobs = moved, "returned jobs whose delivery a lost connection cut short");
+        }
+        self.suspect = false;
+        Ok(())
+    }
+
+    /// Waits for one job: BLMOVE it into our processing list, count the
+    /// delivery, and dead-letter it if it is past the limit.
+    async fn take(&mut self, wait: Duration) -> Result<Option<Delivery>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            // BLMOVE's timeout 0 would mean "forever": never below 10 ms.
+            let seconds = left.as_secs_f64().max(0.01);
+            let moved: Option<Vec<u8>> = redis::cmd("BLMOVE")
+                .arg(&self.keys.queue)
+                .arg(&self.processing)
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(seconds)
+                .query_async(&mut self.blocking)
+                .await
+                .map_err(other)?;
+            let Some(body) = moved else {
+                return Ok(None);
+            };
+            let envelope = Envelope::decode(&body);
+            let attempt = match &envelope {
+                // On the connection that just answered: the job is in our
+                // processing list now, and an error here would strand it
+                // there until the stray check.
+                Ok(e) => {
+                    let n: u64 = self
+                        .blocking
+                        .hincr(&self.keys.deliveries, e.id.as_str(), 1)
+                        .await
+                        .map_err(other)?;
+                    u32::try_from(n).unwrap_or(u32::MAX)
+                }
+                // Garbage has no id to count by; the worker dead-letters it
+                // on its first delivery anyway.
+                Err(_) => 1,
+            };
+            let delivery = Delivery {
+                envelope,
+                body,
+                attempt,
+                handle: Handle::Redis,
+            };
+            if attempt > self.max_deliveries {
+                // Delivered too often (its consumers kept dying): the
+                // queue gives up on it, as RabbitMQ's delivery limit does.
+                tracing::warn!(consumer = %self.id, attempt, "delivery limit passed: dead-lettering");
+                let dead = self.keys.dead.clone();
+                self.move_to(&delivery, &dead, true).await?;
+                continue;
+            }
+            return Ok(Some(delivery));
+        }
+    }
+
+    /// A delivery was settled (or the attempt failed: either way the
+    /// caller has let go of it; a failure leaves it for the stray check).
+    fn let_go<T>(&mut self, result: Result<T, QueueError>) -> Result<T, QueueError> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        if matches!(result, Err(QueueError::Other { .. })) {
+            self.suspect = true;
+        }
+        result
+    }
+
+    /// Moves `delivery` from our processing list to `to` (the back of the
+    /// line); `forget` also clears its delivery count.
+    async fn move_to(
+        &mut self,
+        delivery: &Delivery,
+        to: &str,
+        forget: bool,
+    ) -> Result<(), QueueError> {
+        let id = delivery
+            .envelope
+            .as_ref()
+            .map(|e| e.id.as_str().to_owned())
+            .unwrap_or_default();
+        let script = Script::new(MOVE);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&self.processing)
+            .key(to)
+            .key(&self.keys.deliveries)
+            .arg(&delivery.body[..])
+            .arg(id)
+            .arg(if forget { "1" } else { "0" });
+        let moved: u32 = retry_once(&mut self.conn, |mut conn| {
+            let invocation = &invocation;
+            async move { invocation.invoke_async(&mut conn).await }
+        })
+        .await?;
+        if moved == 0 {
+            return Err(QueueError::Stale);
+        }
+        Ok(())
+    }
+}
+
+impl JobConsumer for RedisConsumer {
+    async fn next(&mut self, wait: Duration) -> Result<Option<Delivery>, QueueError> {
+        if self.suspect && self.outstanding == 0 {
+            self.return_strays().await?;
+        }
+        let result = self.take(wait).await;
+        match &result {
+            Ok(Some(_)) => self.outstanding += 1,
+            Ok(None) => {}
+            Err(_) => self.suspect = true,
+        }
+        result
+    }
+
+    async fn ack(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
+        let id = delivery
+            .envelope
+            .as_ref()
+            .map(|e| e.id.as_str().to_owned())
+            .unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .lrem(&self.processing, 1, &delivery.body[..])
+            .hdel(&self.keys.deliveries, id);
+        let result: Result<(u32, u32), _> = retry_once(&mut self.conn, |mut conn| {
+            let pipe = &pipe;
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await;
+        match self.let_go(result)? {
+            // The reaper gave it back while we worked (our heartbeat
+            // lapsed): someone will do it again, and find the claim.
+            (0, _) => Err(QueueError::Stale),
+            _ => Ok(()),
+        }
+    }
+
+    async fn requeue(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
+        let queue = self.keys.queue.clone();
+        let result = self.move_to(delivery, &queue, false).await;
+        self.let_go(result)
+    }
+
+    async fn dead_letter(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
+        let dead = self.keys.dead.clone();
+        let result = self.move_to(delivery, &dead, true).await;
+        self.let_go(result)
+    }
+
+    async fn close(mut self) -> Result<(), QueueError> {
+        self.heartbeat.abort();
+        let moved: u64 = Script::new(RETURN_ALL)
+            .key(&self.processing)
+            .key(&self.keys.queue)
+            .key(self.keys.alive(&self.id))
+            .key(&self.keys.consumers)
+            .arg(&self.id)
+            .invoke_async(&mut self.conn)
+            .await
+            .map_err(other)?;
+        if moved > 0 {
+            tracing::info!(consumer = %self.id, jobs = moved, "gave unfinished jobs back to the queue");
+        }
+        Ok(())
+    }
+}

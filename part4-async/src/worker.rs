@@ -1,0 +1,387 @@
+//! The worker: takes jobs off the queue, does them, tells the user.
+//!
+//! For each delivery, in this order:
+//!
+//! 1. **Decode.** Bytes that are not a job envelope go to the dead
+//!    letters with the reason logged; the worker carries on.
+//! 2. **Start.** The `jobs` row becomes `running` at 0 % (a job already
+//!    `done` or `failed` was delivered again: ack it and move on; a job
+//!    with no row at all is dead-lettered).
+//! 3. **Work**, writing progress to the row as it goes.
+//! 4. **Commit** the effect, the claim and `done` in one transaction
+//!    ([`crate::job::JobStore::complete`]).
+//! 5. **Ack.** Only now: a worker that dies between 4 and 5 gets its job
+//!    redelivered, and the claim makes the second attempt write nothing.
+//!
+//! A failed attempt is put back (requeue) with its reason in the row,
+//! until the delivery limit: the last attempt marks the job `failed` with
+//! its reason and dead-letters it, so a poison job stops and the others
+//! keep flowing.
+//!
+//! **Stopping.** On SIGTERM ([`Worker::run_until_stopped`]'s `shutdown`)
+//! the worker stops taking jobs, gives the one in hand `SHUTDOWN_GRACE_MS`
+//! to finish, and otherwise puts it back (its uncommitted transaction
+//! rolls back), then closes its consumer (which returns whatever else it
+//! held) and exits 0. `kill -9` skips all that, and the queue still loses
+//! nothing: that is what acks and redelivery are for. (A job put back
+//! counts as a delivery, like any other return: a job whose workers are
+//! stopped mid-job `MAX_DELIVERIES` times is dead-lettered. Production
+//! gives the grace period the length of its longest job.)
+//!
+//! What is simplified: a failed attempt is retried at once (RabbitMQ and
+//! our Redis queue have no delay); production retries with a growing
+//! delay (a delayed-retry queue with a message TTL, or a sorted set by due
+//! time), so a database outage does not burn every job's delivery limit in
+//! a second. And a job whose last delivery died with its worker is
+//! dead-lettered by the queue while its row still says `running`: a
+//! consumer of the dead letters (not built) would mark those `failed`.
+//!
+//! Tests step the worker one delivery at a time ([`Worker::step`]) instead
+//! of sleeping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+
+use crate::export;
+use crate::job::{Completed, Effect, Envelope, JobId, JobKind, JobStore};
+use crate::queue::{Delivery, JobConsumer, QueueError};
+
+/// The worker's own settings (the queue's are [`crate::queue::QueueConfig`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerConfig {
+    /// This worker's name: in logs, in the claim rows, in the queue's
+    /// consumer names. Default: `worker-<pid>`.
+    #[arg(long, env = "WORKER_NAME")]
+    pub worker_name: Option<String>,
+    /// The stated minimum duration of a job, in milliseconds (see
+    /// [`crate::export`]): it stands for the slow part of real work, so
+    /// the lesson shows on a fast machine. 0 for the bare work.
+    #[arg(long, env = "JOB_MIN_MS", default_value_t = 1000)]
+    pub job_min_ms: u64,
+    /// On SIGTERM, how long the job in hand may take to finish before it is
+    /// put back in the queue.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl WorkerConfig {
+    /// A configuration for tests and demos: the given name and minimum
+    /// duration, a 10 s grace.
+    pub fn new(name: &str, job_min: Duration) -> Self {
+        WorkerConfig {
+            worker_name: Some(name.to_owned()),
+            job_min_ms: job_min.as_millis() as u64,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> String {
+        self.worker_name
+            .clone()
+            .unwrap_or_else(|| format!("worker-{}", std::process::id()))
+    }
+}
+
+/// What the worker did with one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The effect was committed by this attempt, and the job acked.
+    Done,
+    /// The job was finished before (a redelivery, or a duplicate message):
+    /// nothing was written, the message acked.
+    AlreadyDone,
+    /// The attempt failed and the job went back to the queue.
+    Retried {
+        /// Why the attempt failed.
+        reason: String,
+    },
+    /// Given up: dead-lettered (and the job, if it has a row, `failed`).
+    DeadLettered {
+        /// Why.
+        reason: String,
+    },
+    /// Stopping: the job was put back unfinished.
+    Returned,
+}
+
+/// One delivery handled by [`Worker::step`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processed {
+    /// The job, if the message could be decoded.
+    pub job_id: Option<JobId>,
+    /// Which delivery of the message it was.
+    pub attempt: u32,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Whether the queue took our ack/requeue/dead-letter (false: the
+    /// connection was lost first, and the queue will deliver it again).
+    pub settled: bool,
+}
+
+/// Counts since the worker started, for logs and the demo.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Effects committed.
+    pub done: AtomicU64,
+    /// Redeliveries of finished jobs, acked without writing.
+    pub already_done: AtomicU64,
+    /// Attempts that failed and were put back.
+    pub retried: AtomicU64,
+    /// Messages dead-lettered (poison jobs, garbage).
+    pub dead_lettered: AtomicU64,
+}
+
+/// What a job attempt decided, before it is told to the queue.
+enum Decision {
+    Ack(Outcome),
+    Requeue(Outcome),
+    DeadLetter(Outcome),
+}
+
+/// A worker: the job store, its settings, its counts.
+pub struct Worker {
+    store: JobStore,
+    name: String,
+    job_min: Duration,
+    grace: Duration,
+    max_deliveries: u32,
+    stats: Arc<WorkerStats>,
+}
+
+/// How long one wait for a job lasts before the loop looks around again.
+const POLL: Duration = Duration::from_secs(1);
+
+impl Worker {
+    /// A worker over `store`, dead-lettering after `max_deliveries`
+    /// (the queue's [`crate::queue::QueueConfig::max_deliveries`]).
+    pub fn new(store: JobStore, config: &WorkerConfig, max_deliveries: u32) -> Self {
+        Worker {
+            store,
+            name: config.name(),
+            job_min: Duration::from_millis(config.job_min_ms),
+            grace: Duration::from_millis(config.shutdown_grace_ms),
+            max_deliveries: max_deliveries.max(1),
+            stats: Arc::new(WorkerStats::default()),
+        }
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The worker's counts.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Waits up to `wait` for one delivery and handles it; `None` if none
+    /// came. For tests and the demo: the worker, one step at a time.
+    pub async fn step<C: JobConsumer>(
+        &self,
+        consumer: &mut C,
+        wait: Duration,
+    ) -> Result<Option<Processed>, QueueError> {
+        let Some(delivery) = consumer.next(wait).await? else {
+            return Ok(None);
+        };
+        let decision = self.process(&delivery).await;
+        Ok(Some(self.settle(consumer, &delivery, decision).await))
+    }
+
+    /// Consumes until `shutdown` resolves, then stops gracefully (see the
+    /// module docs). Returns the number of deliveries handled.
+    pub async fn run_until_stopped<C: JobConsumer>(
+        &self,
+        mut consumer: C,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<u64, QueueError> {
+        let shutdown = shutdown.fuse();
+        futures::pin_mut!(shutdown);
+        let mut handled = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                next = consumer.next(POLL) => next,
+            };
+            let delivery = match next {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) => {
+                    // The queue is unreachable (RabbitMQ reconnects inside
+                    // `next`; this is Redis, or a broken connection): wait
+                    // and try again, unless told to stop.
+                    tracing::warn!(worker = %self.name, error = %e, retry_in = ?backoff, "cannot take jobs");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let mut stopping = false;
+            let decision = {
+                let work = self.process(&delivery);
+                futures::pin_mut!(work);
+                tokio::select! {
+                    biased;
+                    d = &mut work => d,
+                    () = &mut shutdown => {
+                        stopping = true;
+                        tracing::info!(worker = %self.name, grace = ?self.grace, "stopping: finishing the job in hand");
+                        match tokio::time::timeout(self.grace, &mut work).await {
+                            Ok(d) => d,
+                            // Dropping `work` rolls back its transaction.
+                            Err(_) => Decision::Requeue(Outcome::Returned),
+                        }
+                    }
+                }
+            };
+            if let (Decision::Requeue(Outcome::Returned), Ok(envelope)) =
+                (&decision, &delivery.envelope)
+            {
+                let note = "the worker stopped before finishing it: back in the queue";
+                if let Err(e) = self.store.retrying(&envelope.id, note).await {
+                    tracing::warn!(worker = %self.name, error = %e, "could not record the returned job");
+                }
+            }
+            let processed = self.settle(&mut consumer, &delivery, decision).await;
+            tracing::info!(worker = %self.name, job = ?processed.job_id.as_ref().map(|i| i.to_string()), attempt = processed.attempt, outcome = ?processed.outcome, "handled");
+            handled += 1;
+            if stopping {
+                break;
+            }
+        }
+        consumer.close().await?;
+        tracing::info!(worker = %self.name, handled, "stopped");
+        Ok(handled)
+    }
+
+    /// Tells the queue what `process` decided, and counts it.
+    async fn settle<C: JobConsumer>(
+        &self,
+        consumer: &mut C,
+        delivery: &Delivery,
+        decision: Decision,
+    ) -> Processed {
+        let (result, outcome) = match decision {
+            Decision::Ack(o) => (consumer.ack(delivery).await, o),
+            Decision::Requeue(o) => (consumer.requeue(delivery).await, o),
+            Decision::DeadLetter(o) => (consumer.dead_letter(delivery).await, o),
+        };
+        let counter = match &outcome {
+            Outcome::Done => Some(&self.stats.done),
+            Outcome::AlreadyDone => Some(&self.stats.already_done),
+            Outcome::Retried { .. } => Some(&self.stats.retried),
+            Outcome::DeadLettered { .. } => Some(&self.stats.dead_lettered),
+            Outcome::Returned => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = &result {
+            // Harmless by design: the queue delivers it again, and the
+            // claim (or the finished status) makes that attempt a no-op.
+            tracing::warn!(worker = %self.name, error = %e, "could not settle a delivery");
+        }
+        Processed {
+            job_id: delivery.envelope.as_ref().ok().map(|e| e.id.clone()),
+            attempt: delivery.attempt,
+            outcome,
+            settled: result.is_ok(),
+        }
+    }
+
+    /// Does the job a delivery carries and decides what to tell the queue.
+    /// Never panics on what the message holds.
+    async fn process(&self, delivery: &Delivery) -> Decision {
+        let envelope = match &delivery.envelope {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(worker = %self.name, error = %e, "dead-lettering a message that is not a job");
+                return Decision::DeadLetter(Outcome::DeadLettered {
+                    reason: e.to_string(),
+                });
+            }
+        };
+        match self.attempt(envelope).await {
+            Ok(decision) => decision,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                self.failed(&envelope.id, delivery.attempt, reason).await
+            }
+        }
+    }
+
+    /// One attempt at the job: `Err` is a failure that may be retried.
+    async fn attempt(&self, envelope: &Envelope) -> anyhow::Result<Decision> {
+        let id = &envelope.id;
+        let Some(job) = self.store.start(id).await? else {
+            return Ok(Decision::DeadLetter(Outcome::DeadLettered {
+                reason: format!("no job {id} in the jobs table"),
+            }));
+        };
+        if job.status.is_finished() {
+            return Ok(Decision::Ack(Outcome::AlreadyDone));
+        }
+        let kind: JobKind = match job.kind.parse() {
+            Ok(k) => k,
+            Err(e) => {
+                let reason = e.to_string();
+                self.store.fail(id, &reason).await?;
+                return Ok(Decision::DeadLetter(Outcome::DeadLettered { reason }));
+            }
+        };
+        let effect = match kind {
+            JobKind::Export => {
+                let store = &self.store;
+                let document = export::export(store.pool(), job.owner_id, self.job_min, |p| {
+                    store.progress(id, p)
+                })
+                .await?;
+                Effect {
+                    content_type: "application/json".into(),
+                    body: serde_json::to_string(&document)?,
+                }
+            }
+            JobKind::Fail => {
+                anyhow::bail!("the fail job always fails (the poison-job drill)")
+            }
+        };
+        Ok(match self.store.complete(id, &self.name, &effect).await? {
+            Completed::Committed => Decision::Ack(Outcome::Done),
+            Completed::AlreadyDone => Decision::Ack(Outcome::AlreadyDone),
+        })
+    }
+
+    /// An attempt failed: retry it, or, on the last delivery, give up.
+    async fn failed(&self, id: &JobId, attempt: u32, reason: String) -> Decision {
+        if attempt >= self.max_deliveries {
+            let reason = format!(
+                "gave up after {attempt} deliveries (the limit is {}): {reason}",
+                self.max_deliveries
+            );
+            if let Err(e) = self.store.fail(id, &reason).await {
+                tracing::warn!(worker = %self.name, job = %id, error = %e, "could not mark the job failed");
+            }
+            tracing::warn!(worker = %self.name, job = %id, %reason, "dead-lettering");
+            Decision::DeadLetter(Outcome::DeadLettered { reason })
+        } else {
+            let note = format!("attempt {attempt} failed, retrying: {reason}");
+            if let Err(e) = self.store.retrying(id, &note).await {
+                tracing::warn!(worker = %self.name, job = %id, error = %e, "could not record the failed attempt");
+            }
+            tracing::info!(worker = %self.name, job = %id, %reason, attempt, "retrying");
+            Decision::Requeue(Outcome::Retried { reason })
+        }
+    }
+}

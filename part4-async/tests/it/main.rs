@@ -1,0 +1,10 @@
+//! Part 4's integration tests, against the real stack (`./lab up`):
+//! RabbitMQ, Redis and MariaDB, each test isolated by a unique queue name,
+//! key prefix and database.
+
+mod bin;
+mod queue;
+mod rabbitmq;
+mod redis;
+mod support;
+mod worker;

@@ -1,0 +1,145 @@
+//! Redis only: the reaper, and the pitfall the blocking connection avoids.
+
+use common::testing;
+use part4_async::queue::{Backend, JobConsumer, JobQueue};
+
+use crate::support::{self, DEADLINE};
+
+#[tokio::test]
+async fn the_reaper_leaves_a_live_consumers_jobs_alone() {
+    let queue = support::redis().await; // 5 s heartbeat time to live
+    queue.enqueue(&support::envelope("export")).await.unwrap();
+    let mut alive = queue.consume("alive").await.unwrap();
+    let d = alive.next(DEADLINE).await.unwrap().unwrap();
+    assert_eq!(
+        queue.reap().await.unwrap(),
+        0,
+        "a beating consumer keeps its job"
+    );
+    alive.ack(&d).await.unwrap();
+    support::depth_becomes(&queue, 0, 0).await;
+    alive.close().await.unwrap();
+    queue.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_reaper_gives_a_dead_consumers_jobs_back() {
+    let mut config = support::config(Backend::Redis);
+    config.consumer_ttl_ms = 300;
+    let queue = support::redis_with(config).await;
+    for _ in 0..2 {
+        queue.enqueue(&support::envelope("export")).await.unwrap();
+    }
+    let mut doomed = queue.consume("doomed").await.unwrap();
+    let _a = doomed.next(DEADLINE).await.unwrap().unwrap();
+    let _b = doomed.next(DEADLINE).await.unwrap().unwrap();
+    support::depth_becomes(&queue, 0, 0).await;
+    drop(doomed); // its heartbeat stops; its key expires
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut reaped = 0;
+    while reaped < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reaped {reaped} of 2"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        reaped += queue.reap().await.unwrap();
+    }
+    assert_eq!(reaped, 2);
+    support::depth_becomes(&queue, 2, 0).await;
+    queue.destroy().await.unwrap();
+}
+
+/// The pitfall, reproduced: redis-rs's `ConnectionManager` gives up on a
+/// BLMOVE after 500 ms, but Redis keeps the command open, and the next job
+/// pushed is moved by that abandoned call into a list nobody reads. And
+/// while it blocks, every other command on that connection waits too.
+#[tokio::test]
+async fn a_blocking_pop_on_a_default_connection_manager_strands_the_next_job() {
+    let prefix = testing::unique_name("p4pit");
+    let (queue, processing) = (format!("{prefix}:queue"), format!("{prefix}:processing"));
+    let mut conn = testing::redis().await; // the default: 500 ms response timeout
+    let abandoned: Result<Option<Vec<u8>>, _> = redis::cmd("BLMOVE")
+        .arg(&queue)
+        .arg(&processing)
+        .arg("RIGHT")
+        .arg("LEFT")
+        .arg(5) // the server blocks 5 s; the client gives up at 0.5 s
+        .query_async(&mut conn)
+        .await;
+    assert!(abandoned.is_err(), "the client timed out: {abandoned:?}");
+    // And the connection is still stuck behind the open BLMOVE (a
+    // multiplexed connection answers in order): the second pitfall.
+    let stuck: Result<u64, _> = redis::cmd("LLEN").arg(&queue).query_async(&mut conn).await;
+    assert!(
+        stuck.is_err(),
+        "the shared connection is blocked: {stuck:?}"
+    );
+    let mut conn = testing::redis().await;
+    let _: u64 = redis::cmd("LPUSH")
+        .arg(&queue)
+        .arg("job")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The job went to the abandoned call's destination, not to the queue.
+    let stranded = support::eventually("the abandoned BLMOVE took the job", || {
+        let mut conn = conn.clone();
+        let (queue, processing) = (queue.clone(), processing.clone());
+        async move {
+            let (q, p): (u64, u64) = redis::pipe()
+                .llen(&queue)
+                .llen(&processing)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (q + p == 1).then_some(p)
+        }
+    })
+    .await;
+    assert_eq!(stranded, 1, "taken by a call whose client had given up");
+    let _: u64 = redis::cmd("DEL")
+        .arg(&queue)
+        .arg(&processing)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_consumer_carries_on_after_its_redis_connection_is_cut() {
+    let url = testing::stack().redis_url;
+    let authority = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = authority.split('/').next().unwrap_or(authority).to_owned();
+    let proxy = common::testing::ChaosProxy::start(&authority)
+        .await
+        .unwrap();
+    let config = support::config(Backend::Redis);
+    let through_proxy =
+        part4_async::queue::redis::RedisQueue::connect(&proxy.url_for(&url), config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let direct = support::redis_with(config).await;
+    let mut consumer = through_proxy.consume("cut").await.unwrap();
+    proxy.cut(); // drops the blocking pop's connection, and the others
+    proxy.restore();
+    let job = support::envelope("export");
+    direct.enqueue(&job).await.unwrap();
+    // The next call or two may fail on the dead connection (the worker
+    // backs off and calls again); then the connection manager reconnects.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let got = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no job after the cut"
+        );
+        if let Ok(Some(d)) = consumer.next(std::time::Duration::from_millis(500)).await {
+            break d;
+        }
+    };
+    assert_eq!(got.envelope.as_ref().unwrap(), &job);
+    consumer.ack(&got).await.unwrap();
+    support::depth_becomes(&direct, 0, 0).await;
+    consumer.close().await.unwrap();
+    direct.destroy().await.unwrap();
+}

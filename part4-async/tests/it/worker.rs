@@ -1,0 +1,306 @@
+//! The worker against a real queue and a real database: the export done
+//! with progress and a result, effects once under redelivery, poison jobs,
+//! garbage, and a graceful stop. Each on both backends.
+
+use std::time::Duration;
+
+use part4_async::job::{Completed, Effect, Envelope, JobKind, JobStatus};
+use part4_async::queue::{JobConsumer, JobQueue};
+use part4_async::worker::{Outcome, Worker, WorkerConfig};
+
+use crate::support::{self, DEADLINE, Db};
+
+fn worker(db: &Db, name: &str) -> Worker {
+    Worker::new(
+        db.store.clone(),
+        &WorkerConfig::new(name, Duration::ZERO),
+        3,
+    )
+}
+
+async fn new_job(db: &Db, kind: JobKind) -> Envelope {
+    let (job, created) = db
+        .store
+        .create(1, kind, &serde_json::json!({}), None)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(job.status, JobStatus::Queued);
+    Envelope::new(job.id, kind.as_str(), job.params)
+}
+
+async fn export_is_done_with_its_result<Q: JobQueue>(queue: Q) {
+    let db = Db::new().await;
+    let job = new_job(&db, JobKind::Export).await;
+    queue.enqueue(&job).await.unwrap();
+    let mut consumer = queue.consume("w").await.unwrap();
+    let w = worker(&db, "w1");
+    let p = w.step(&mut consumer, DEADLINE).await.unwrap().unwrap();
+    assert_eq!(p.outcome, Outcome::Done);
+    assert!(p.settled);
+    let row = db.store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(row.status, JobStatus::Done);
+    assert_eq!(row.progress, 100);
+    assert_eq!(row.attempts, 1);
+    let (content_type, body) = db.store.result(&job.id).await.unwrap().unwrap();
+    assert_eq!(content_type, "application/json");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["user_id"], 1);
+    assert_eq!(doc["counts"]["articles"], 3);
+    assert_eq!(doc["counts"]["comments"], 5);
+    assert_eq!(doc["articles"][0]["comments"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["articles"][0]["body"], "text 😀");
+    assert_eq!(db.store.effects(&job.id).await.unwrap(), 1);
+    support::depth_becomes(&queue, 0, 0).await;
+    consumer.close().await.unwrap();
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_export_is_done_with_its_result() {
+    export_is_done_with_its_result(support::rabbit().await).await;
+}
+
+#[tokio::test]
+async fn redis_export_is_done_with_its_result() {
+    export_is_done_with_its_result(support::redis().await).await;
+}
+
+/// The same job delivered twice (a publisher that lost its confirm and
+/// published again, or a worker that died after its commit): one effect.
+async fn effect_once_under_redelivery<Q: JobQueue>(queue: Q) {
+    let db = Db::new().await;
+    let job = new_job(&db, JobKind::Export).await;
+    queue.enqueue(&job).await.unwrap();
+    queue.enqueue(&job).await.unwrap();
+    let mut consumer = queue.consume("w").await.unwrap();
+    let w = worker(&db, "w1");
+    let first = w.step(&mut consumer, DEADLINE).await.unwrap().unwrap();
+    let second = w.step(&mut consumer, DEADLINE).await.unwrap().unwrap();
+    assert_eq!(first.outcome, Outcome::Done);
+    assert_eq!(second.outcome, Outcome::AlreadyDone);
+    assert_eq!(db.store.effects(&job.id).await.unwrap(), 1, "one effect");
+    assert_eq!(w.stats().done.load(std::sync::atomic::Ordering::Relaxed), 1);
+    support::depth_becomes(&queue, 0, 0).await;
+    consumer.close().await.unwrap();
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_effect_happens_once_under_redelivery() {
+    effect_once_under_redelivery(support::rabbit().await).await;
+}
+
+#[tokio::test]
+async fn redis_effect_happens_once_under_redelivery() {
+    effect_once_under_redelivery(support::redis().await).await;
+}
+
+/// Two attempts committing at the same moment (two workers holding the
+/// same job): the claim lets exactly one write.
+#[tokio::test]
+async fn concurrent_commits_of_one_job_write_one_effect() {
+    let db = Db::new().await;
+    let job = new_job(&db, JobKind::Export).await;
+    let effect = Effect {
+        content_type: "application/json".into(),
+        body: "{}".into(),
+    };
+    let attempts = (0..4).map(|i| {
+        let (store, id, effect) = (db.store.clone(), job.id.clone(), effect.clone());
+        tokio::spawn(async move { store.complete(&id, &format!("w{i}"), &effect).await })
+    });
+    let mut committed = 0;
+    for a in attempts {
+        if a.await.unwrap().unwrap() == Completed::Committed {
+            committed += 1;
+        }
+    }
+    assert_eq!(committed, 1);
+    assert_eq!(db.store.effects(&job.id).await.unwrap(), 1);
+    db.drop().await;
+}
+
+/// A job that always fails: retried to the limit, then dead-lettered and
+/// marked failed with its reason; the jobs behind it are done meanwhile.
+async fn poison_job<Q: JobQueue>(queue: Q) {
+    let db = Db::new().await;
+    let poison = new_job(&db, JobKind::Fail).await;
+    queue.enqueue(&poison).await.unwrap();
+    let mut good = Vec::new();
+    for _ in 0..3 {
+        let g = new_job(&db, JobKind::Export).await;
+        queue.enqueue(&g).await.unwrap();
+        good.push(g);
+    }
+    let mut consumer = queue.consume("w").await.unwrap();
+    let w = worker(&db, "w1");
+    let mut outcomes = Vec::new();
+    while let Some(p) = w.step(&mut consumer, Duration::from_secs(2)).await.unwrap() {
+        outcomes.push(p);
+        assert!(outcomes.len() < 20, "looping: {outcomes:?}");
+    }
+    let of_poison: Vec<_> = outcomes
+        .iter()
+        .filter(|p| p.job_id.as_ref() == Some(&poison.id))
+        .collect();
+    assert_eq!(of_poison.len(), 3, "{outcomes:?}");
+    assert!(matches!(of_poison[0].outcome, Outcome::Retried { .. }));
+    assert!(matches!(of_poison[1].outcome, Outcome::Retried { .. }));
+    assert!(matches!(of_poison[2].outcome, Outcome::DeadLettered { .. }));
+    let row = db.store.get(&poison.id).await.unwrap().unwrap();
+    assert_eq!(row.status, JobStatus::Failed);
+    assert_eq!(row.attempts, 3);
+    let reason = row.error.unwrap();
+    assert!(
+        reason.contains("gave up after 3 deliveries") && reason.contains("always fails"),
+        "{reason}"
+    );
+    for g in &good {
+        let row = db.store.get(&g.id).await.unwrap().unwrap();
+        assert_eq!(row.status, JobStatus::Done, "not held up by the poison job");
+    }
+    support::depth_becomes(&queue, 0, 1).await;
+    consumer.close().await.unwrap();
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_poison_job_is_dead_lettered_after_the_limit() {
+    poison_job(support::rabbit().await).await;
+}
+
+#[tokio::test]
+async fn redis_poison_job_is_dead_lettered_after_the_limit() {
+    poison_job(support::redis().await).await;
+}
+
+/// Bytes that are not a job, and a job with no row: both dead-lettered at
+/// once, and the worker carries on with the next job.
+async fn garbage<Q: JobQueue>(queue: Q) {
+    let db = Db::new().await;
+    queue
+        .enqueue_raw("garbage", b"\xff not json")
+        .await
+        .unwrap();
+    queue
+        .enqueue_raw("half", br#"{"kind":"export"}"#)
+        .await
+        .unwrap();
+    queue.enqueue(&support::envelope("export")).await.unwrap(); // no row
+    let job = new_job(&db, JobKind::Export).await;
+    queue.enqueue(&job).await.unwrap();
+    let mut consumer = queue.consume("w").await.unwrap();
+    let w = worker(&db, "w1");
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        outcomes.push(w.step(&mut consumer, DEADLINE).await.unwrap().unwrap());
+    }
+    let dead = outcomes
+        .iter()
+        .filter(|p| matches!(p.outcome, Outcome::DeadLettered { .. }) && p.attempt == 1)
+        .count();
+    assert_eq!(dead, 3, "{outcomes:?}");
+    assert_eq!(outcomes[3].outcome, Outcome::Done);
+    assert_eq!(outcomes[3].job_id.as_ref(), Some(&job.id));
+    support::depth_becomes(&queue, 0, 3).await;
+    consumer.close().await.unwrap();
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_garbage_is_dead_lettered_and_the_worker_carries_on() {
+    garbage(support::rabbit().await).await;
+}
+
+#[tokio::test]
+async fn redis_garbage_is_dead_lettered_and_the_worker_carries_on() {
+    garbage(support::redis().await).await;
+}
+
+/// Stopping with a job in hand: with no grace it goes back to the queue
+/// (and the row back to `queued`); with enough, it is finished first.
+async fn graceful_stop<Q: JobQueue>(queue: Q, grace: Duration, job_min: Duration) {
+    let db = Db::new().await;
+    let job = new_job(&db, JobKind::Export).await;
+    queue.enqueue(&job).await.unwrap();
+    let consumer = queue.consume("w").await.unwrap();
+    let mut config = WorkerConfig::new("stopping", job_min);
+    config.shutdown_grace_ms = grace.as_millis() as u64;
+    let w = Worker::new(db.store.clone(), &config, 3);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(async move {
+        w.run_until_stopped(consumer, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    support::eventually("the job running", || async {
+        let row = db.store.get(&job.id).await.unwrap().unwrap();
+        (row.status == JobStatus::Running).then_some(())
+    })
+    .await;
+    stop.send(()).unwrap();
+    let handled = tokio::time::timeout(DEADLINE + grace, run)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(handled, 1);
+    let row = db.store.get(&job.id).await.unwrap().unwrap();
+    if grace.is_zero() {
+        assert_eq!(row.status, JobStatus::Queued);
+        assert_eq!(db.store.effects(&job.id).await.unwrap(), 0);
+        support::depth_becomes(&queue, 1, 0).await;
+    } else {
+        assert_eq!(row.status, JobStatus::Done);
+        assert_eq!(db.store.effects(&job.id).await.unwrap(), 1);
+        support::depth_becomes(&queue, 0, 0).await;
+    }
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_stopping_returns_the_job_in_hand_without_grace() {
+    graceful_stop(
+        support::rabbit().await,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn redis_stopping_returns_the_job_in_hand_without_grace() {
+    graceful_stop(
+        support::redis().await,
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rabbitmq_stopping_finishes_the_job_in_hand_within_grace() {
+    graceful_stop(
+        support::rabbit().await,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn redis_stopping_finishes_the_job_in_hand_within_grace() {
+    graceful_stop(
+        support::redis().await,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    )
+    .await;
+}
