@@ -29,6 +29,7 @@
 //! own disk. It keeps the same rules, and it is wrong anyway: a write
 //! through one clone deletes that clone's copy only (see `backend/file.rs`).
 
+mod coalesce;
 mod file;
 mod memcached;
 mod redis;

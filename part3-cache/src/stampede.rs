@@ -231,7 +231,9 @@ impl ReadThrough {
     /// Sets how long a write's marker lives (default
     /// [`DEFAULT_WRITTEN_TTL`]); fills slower than this do not store.
     pub fn with_written_ttl(mut self, ttl: Duration) -> Self {
-        self.written_ttl = ttl.max(Duration::from_secs(1));
+        // At least 2 s: a fill gives up storing a second before the marker
+        // could be gone (memcached's whole-second clock).
+        self.written_ttl = ttl.max(Duration::from_secs(2));
         self
     }
 
@@ -368,29 +370,47 @@ impl ReadThrough {
 
     /// What a write does after it commits: with the fill guard on, marks
     /// each key `{key}:written` with a fresh token (so a fill in flight
-    /// does not store what it loaded before the write), then deletes
-    /// `keys` in one round trip. The delete is tried even if a mark fails;
-    /// the first error is returned.
+    /// does not store what it loaded before the write), deletes `keys` in
+    /// one round trip, then marks them again with another token. The second
+    /// mark closes a gap: a fill that took its "before" between the first
+    /// mark and the delete may have loaded from something the delete had
+    /// not reached yet (a page rendered from the cached article, say); the
+    /// second mark makes its check fail too. The delete is tried even if a
+    /// mark fails; the first error is returned.
     pub async fn invalidate(&self, keys: &[Key]) -> Result<(), CacheError> {
         let mut failed = None;
-        if self.fill_guard && !keys.is_empty() {
-            let token = {
-                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-                format!("{:016x}", rng.random::<u64>())
-            };
-            let token = token.as_bytes();
-            let ttl = self.written_ttl;
-            let marks = keys.iter().map(|key| async move {
-                let marker = key.derived(WRITTEN);
-                self.backend.set(&marker, token, ttl).await
-            });
-            for result in futures::future::join_all(marks).await {
-                if let Err(e) = result {
-                    failed.get_or_insert(e);
-                }
-            }
+        if let Err(e) = self.mark_written(keys).await {
+            failed.get_or_insert(e);
         }
         self.backend.delete_many(keys).await?;
+        if let Err(e) = self.mark_written(keys).await {
+            failed.get_or_insert(e);
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Sets `{key}:written` to one fresh token for every key (with the
+    /// fill guard on; a no-op otherwise).
+    async fn mark_written(&self, keys: &[Key]) -> Result<(), CacheError> {
+        if !self.fill_guard || keys.is_empty() {
+            return Ok(());
+        }
+        let token = {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            format!("{:016x}", rng.random::<u64>())
+        };
+        let token = token.as_bytes();
+        let ttl = self.written_ttl;
+        let marks = keys.iter().map(|key| async move {
+            let marker = key.derived(WRITTEN);
+            self.backend.set(&marker, token, ttl).await
+        });
+        let mut failed = None;
+        for result in futures::future::join_all(marks).await {
+            if let Err(e) = result {
+                failed.get_or_insert(e);
+            }
+        }
         failed.map_or(Ok(()), Err)
     }
 
@@ -547,8 +567,10 @@ impl ReadThrough {
         delta: Duration,
         mark: &Mark,
     ) -> Result<bool, CacheError> {
+        // Memcached's clock ticks in whole seconds, so a marker may be gone
+        // up to a second early: a fill that ran that long gives up storing.
         if mark.guarded
-            && (mark.taken.elapsed() >= self.written_ttl
+            && (mark.taken.elapsed() + XFETCH_GRACE >= self.written_ttl
                 || !self.unwritten(key, &mark.before).await)
         {
             self.skipped_stores.fetch_add(1, Ordering::Relaxed);

@@ -395,6 +395,51 @@ impl JobStore {
         Ok((job, true))
     }
 
+    /// The job `owner_id` created with `idempotency_key`, if any (a retried
+    /// `POST /jobs` finds its first attempt's job here before anything
+    /// else is checked or written).
+    pub async fn find_by_key(
+        &self,
+        owner_id: u64,
+        idempotency_key: &str,
+    ) -> anyhow::Result<Option<Job>> {
+        let row = sqlx::query(select_job!("WHERE owner_id = ? AND idempotency_key = ?"))
+            .bind(owner_id)
+            .bind(idempotency_key)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the job of an idempotency key")?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// The job could not be put on the queue: `failed` with the reason,
+    /// and its idempotency key released, so the client's retry (same key)
+    /// starts a new job instead of finding this dead one.
+    pub async fn abandon(&self, id: &JobId, reason: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'failed', error = ?, idempotency_key = NULL, updated_at = ? \
+             WHERE id = ? AND status = 'queued'",
+        )
+        .bind(clip(reason))
+        .bind(now_ms())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .with_context(|| format!("marking job {id} failed (not queued)"))?;
+        Ok(())
+    }
+
+    /// How many jobs `owner_id` has (tests count them: a retried request
+    /// with an idempotency key must not make a second).
+    pub async fn count_for(&self, owner_id: u64) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE owner_id = ?")
+            .bind(owner_id)
+            .fetch_one(&self.pool)
+            .await
+            .with_context(|| format!("counting user {owner_id}'s jobs"))?;
+        Ok(n as u64)
+    }
+
     /// The job, whoever owns it (workers); `None` if there is no such row.
     pub async fn get(&self, id: &JobId) -> anyhow::Result<Option<Job>> {
         let row = sqlx::query(select_job!("WHERE id = ?"))

@@ -62,6 +62,7 @@
 pub mod export;
 pub mod job;
 pub mod queue;
+pub mod server;
 pub mod worker;
 
 /// The part's number.

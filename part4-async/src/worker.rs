@@ -193,6 +193,31 @@ impl Worker {
         Ok(Some(self.settle(consumer, &delivery, decision).await))
     }
 
+    /// Does the job of `envelope` here and now, without a queue: what
+    /// `--jobs sync` (the anti-pattern) runs inside the request. The same
+    /// steps as a delivery (start, work, commit with the claim); a failure
+    /// marks the job `failed` with its reason at once (no retries: the
+    /// user is waiting).
+    pub async fn perform(&self, envelope: &Envelope) -> Outcome {
+        let outcome = match self.attempt(envelope).await {
+            Ok(Decision::Ack(o) | Decision::Requeue(o) | Decision::DeadLetter(o)) => o,
+            Err(e) => {
+                let reason = format!("{e:#}");
+                if let Err(e) = self.store.fail(&envelope.id, &reason).await {
+                    tracing::warn!(worker = %self.name, job = %envelope.id, error = %e, "could not mark the job failed");
+                }
+                Outcome::DeadLettered { reason }
+            }
+        };
+        let counter = match &outcome {
+            Outcome::Done => &self.stats.done,
+            Outcome::AlreadyDone => &self.stats.already_done,
+            _ => &self.stats.dead_lettered,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+
     /// Consumes until `shutdown` resolves, then stops gracefully (see the
     /// module docs). Returns the number of deliveries handled.
     pub async fn run_until_stopped<C: JobConsumer>(

@@ -22,18 +22,41 @@
 //!
 //! The client base64-encodes keys it finds unsafe; ours never are
 //! ([`Key`]), so what is on the wire is the readable key.
+//!
+//! **Concurrent gets are coalesced.** The pool gives each concurrent call
+//! a connection and an exchange of its own, where redis-rs multiplexes
+//! every caller over one connection: at 16 and 64 concurrent callers that
+//! made Memcached's get p50 2.4x and 4.2x Redis's. So [`Memcached::get`]
+//! does not talk to the server itself: it queues its key on one of
+//! [`GET_LANES`] batching tasks, which serve whatever is queued with one
+//! pipelined multi-get (the lesson is in `backend/coalesce.rs`). One
+//! caller alone is still served at once, at the price of a hop between
+//! tasks. `get_many`, `set`, `add` and `delete` talk to the server directly.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use memcache::exp::{AsyncMetaClient, Delete, Get, Ttl};
 
+use super::coalesce::{Answer, BatchFn, Coalescer};
 use super::{BoxFuture, CacheBackend, CacheError, Limits, check_prefix};
 use crate::key::Key;
+
+/// Batching tasks behind [`Memcached::get`]: each has one multi-get in
+/// flight at a time, so this many exchanges run at once, however many
+/// callers there are.
+const GET_LANES: usize = 2;
+
+/// The most keys one coalesced multi-get asks for.
+const GET_BATCH_MAX: usize = 64;
 
 /// A Memcached server (or several: keys are spread by rendezvous hashing).
 #[derive(Clone)]
 pub struct Memcached {
     client: AsyncMetaClient,
+    /// The lanes serving `get`, shared by the clones; they end when the
+    /// last clone is dropped.
+    gets: Arc<Coalescer<String, Option<Vec<u8>>>>,
     /// Put in front of every key: lets tests (and several apps) share one
     /// server without seeing each other's keys.
     prefix: String,
@@ -59,10 +82,17 @@ impl Memcached {
             .connect_multiple_async(addrs.iter().map(String::as_str))
             .await
             .map_err(|e| CacheError::Config(format!("memcached at {url}: {e}")))?;
+        let limits = Limits::new(timeout);
+        let gets = Arc::new(Coalescer::spawn(
+            GET_LANES,
+            GET_BATCH_MAX,
+            batch_get(client.clone(), limits),
+        ));
         Ok(Memcached {
             client,
+            gets,
             prefix: prefix.to_owned(),
-            limits: Limits::new(timeout),
+            limits,
         })
     }
 
@@ -78,14 +108,55 @@ impl Memcached {
     }
 
     fn error(&self, e: memcache::exp::Error) -> CacheError {
-        match e {
-            memcache::exp::Error::Timeout { .. } => CacheError::Timeout(self.limits.timeout),
-            memcache::exp::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                CacheError::Timeout(self.limits.timeout)
-            }
-            other => CacheError::Unavailable(other.to_string()),
-        }
+        error(e, self.limits.timeout)
     }
+
+    /// One get on a connection of its own, not coalesced.
+    async fn get_alone(&self, wire: String) -> Result<Option<Vec<u8>>, CacheError> {
+        let result = self
+            .client
+            .get(wire)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(if result.hit() { result.value } else { None })
+    }
+}
+
+fn error(e: memcache::exp::Error, timeout: Duration) -> CacheError {
+    match e {
+        memcache::exp::Error::Timeout { .. } => CacheError::Timeout(timeout),
+        memcache::exp::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            CacheError::Timeout(timeout)
+        }
+        other => CacheError::Unavailable(other.to_string()),
+    }
+}
+
+/// What a get lane runs: the queued keys (already prefixed) in one
+/// pipelined multi-get, under the same deadline as a call, so a stuck
+/// batch does not hold the lane's queue longer than a caller waits.
+fn batch_get(client: AsyncMetaClient, limits: Limits) -> BatchFn<String, Option<Vec<u8>>> {
+    Arc::new(move |keys: Vec<String>| {
+        let client = client.clone();
+        Box::pin(async move {
+            let results = limits
+                .bounded(async {
+                    client
+                        .run_many(keys.into_iter().map(Get::new))
+                        .await
+                        .map_err(|e| error(e, limits.timeout))
+                })
+                .await?;
+            Ok(results
+                .into_iter()
+                .map(|r| -> Answer<Option<Vec<u8>>> {
+                    let r = r.map_err(|e| error(e, limits.timeout))?;
+                    Ok(if r.hit() { r.value } else { None })
+                })
+                .collect())
+        })
+    })
 }
 
 /// Memcached expires items by the second: a TTL under a second is rounded
@@ -119,13 +190,11 @@ impl CacheBackend for Memcached {
 
     fn get<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<Vec<u8>>, CacheError>> {
         Box::pin(self.limits.bounded(async move {
-            let result = self
-                .client
-                .get(self.wire(key))
-                .send()
-                .await
-                .map_err(|e| self.error(e))?;
-            Ok::<_, CacheError>(if result.hit() { result.value } else { None })
+            match self.gets.call(self.wire(key)).await {
+                Ok(answer) => answer,
+                // The lanes' runtime is gone: serve it here.
+                Err(wire) => self.get_alone(wire).await,
+            }
         }))
     }
 

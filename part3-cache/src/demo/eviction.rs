@@ -331,8 +331,14 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
                 .await?;
             let mut failed = fill(cache.clone(), OBJECTS, value.clone()).await;
             let held = rd.dbsize().await?;
-            failed +=
-                read_through(cache.clone(), sequence.clone(), 0..warm, value.clone(), None).await;
+            failed += read_through(
+                cache.clone(),
+                sequence.clone(),
+                0..warm,
+                value.clone(),
+                None,
+            )
+            .await;
             let (h0, m0) = (
                 rd.info_u64("stats", "keyspace_hits").await?,
                 rd.info_u64("stats", "keyspace_misses").await?,
@@ -492,7 +498,10 @@ mod tests {
         assert!(d.admit(1), "second miss: stored");
         assert!(!d.admit(1), "forgotten once admitted");
         assert!(!d.admit(2));
-        assert!(!d.admit(3), "the window is full: cleared, then 3 remembered");
+        assert!(
+            !d.admit(3),
+            "the window is full: cleared, then 3 remembered"
+        );
         assert!(!d.admit(2), "2 was forgotten with the window");
         assert!(d.admit(3));
     }

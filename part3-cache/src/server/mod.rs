@@ -102,6 +102,16 @@ pub enum BackendKind {
     File,
 }
 
+/// `--cache-jitter`: a finite fraction from 0 to 0.9.
+fn jitter(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(j) if (0.0..=0.9).contains(&j) => Ok(j),
+        _ => Err(format!(
+            "CACHE_JITTER / --cache-jitter takes a fraction from 0 to 0.9 (0.1 cuts each TTL by up to 10 %), not {raw:?}"
+        )),
+    }
+}
+
 impl CacheMode {
     /// The flag's spelling.
     pub fn as_str(self) -> &'static str {
@@ -141,12 +151,14 @@ pub struct Part3Config {
     /// Where the cache lives.
     #[arg(long, env = "CACHE_BACKEND", value_enum, default_value_t = BackendKind::Memcached)]
     pub cache_backend: BackendKind,
-    /// How long a cached value lives, in seconds.
-    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 300)]
+    /// How long a cached value lives, in seconds (1 to 2,592,000: memcached
+    /// reads a TTL over 30 days as a Unix time).
+    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub cache_ttl_secs: u64,
     /// Each TTL is cut by up to this fraction, at random (0 to 0.9), so
     /// values stored together do not all expire together.
-    #[arg(long, env = "CACHE_JITTER", default_value_t = 0.1)]
+    #[arg(long, env = "CACHE_JITTER", default_value_t = 0.1, value_parser = jitter)]
     pub cache_jitter: f64,
     /// Stampede protection: what many readers of one missing object do.
     #[arg(long, env = "STAMPEDE", value_enum, default_value_t = Stampede::Lease)]
@@ -211,7 +223,13 @@ pub async fn build(config: Part3Config) -> anyhow::Result<Application> {
     let c = cache.clone();
     data.after_commit = Some(Arc::new(move |what: Committed| -> BoxFuture<'static, ()> {
         let c = c.clone();
-        Box::pin(async move { c.invalidate(what).await })
+        // In a task of its own: if the client goes away after the commit,
+        // hyper drops the handler's future, and an invalidation awaited
+        // inline would be cut short (old objects until their TTL). The
+        // handler still waits for it, so read-your-writes holds.
+        Box::pin(async move {
+            let _ = tokio::spawn(async move { c.invalidate(what).await }).await;
+        })
     }));
     let stack = &config.part2.server.stack;
     let file_dir = config.file_dir().display().to_string();
@@ -745,5 +763,35 @@ mod tests {
             c.cache_file_max_bytes,
             crate::backend::DEFAULT_MAX_DIR_BYTES
         );
+    }
+
+    #[test]
+    fn ttls_and_jitter_that_would_break_the_cache_are_refused_with_their_name() {
+        for bad in [
+            &["--cache-ttl-secs", "0"][..],
+            &["--cache-ttl-secs", "2592001"],
+            &["--cache-jitter", "NaN"],
+            &["--cache-jitter", "1.5"],
+            &["--cache-jitter=-0.1"],
+        ] {
+            let err = Part3Config::try_parse_from(
+                std::iter::once("part3-server").chain(bad.iter().copied()),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(bad[0]) || err.contains("CACHE_JITTER"),
+                "{bad:?}: {err}"
+            );
+        }
+        let c = Part3Config::try_parse_from([
+            "part3-server",
+            "--cache-jitter",
+            "0.9",
+            "--cache-ttl-secs",
+            "2592000",
+        ])
+        .unwrap();
+        assert_eq!((c.cache_jitter, c.cache_ttl_secs), (0.9, 2_592_000));
     }
 }

@@ -3,6 +3,7 @@
 //! database, a key prefix), so they run in parallel.
 
 mod backends;
+mod coalesce;
 mod eviction;
 mod http;
 mod keys;

@@ -3,6 +3,7 @@
 //! key prefix and database.
 
 mod bin;
+mod http;
 mod queue;
 mod rabbitmq;
 mod redis;

@@ -1,0 +1,798 @@
+//! The jobs API over HTTP: an in-process `part4-server` (port 0, a
+//! database and a queue of the test's own) and a worker running in the
+//! test through the worker's own API. Each case on both queue backends
+//! where the backend matters.
+
+use std::time::Duration;
+
+use common::testing;
+use part4_async::job::{JobId, JobStatus};
+use part4_async::queue::{AnyQueue, Backend, JobQueue, QueueConfig};
+use part4_async::server::{JobsMode, Part4Config};
+use part4_async::worker::{Worker, WorkerConfig};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{self, DEADLINE, Db};
+
+/// A server, its database, its queue and a session per user.
+struct Lab {
+    url: String,
+    db: Db,
+    queue_config: QueueConfig,
+    /// The test's own handle on the server's queue (depth, cleanup).
+    queue: Option<AnyQueue>,
+    /// Cookies of user 1 (ada, who has articles) and user 2 (bob).
+    ada: String,
+    bob: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    worker_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+}
+
+async fn cookie_for(prefix: &str, user_id: u64, username: &str) -> String {
+    use part1_clones::session::{Expiry, RedisSessions, SessionStore};
+    let store = RedisSessions::new(
+        testing::redis().await,
+        prefix,
+        Expiry {
+            idle: Duration::from_secs(600),
+            absolute: Duration::from_secs(3600),
+        },
+    );
+    let id = store.create(user_id, username).await.unwrap();
+    format!("{}={}", part1_clones::app::COOKIE_NAME, id.as_str())
+}
+
+impl Lab {
+    /// Starts a server over a fresh database; `tweak` adjusts its
+    /// configuration (the depth is read on every POST unless it says
+    /// otherwise).
+    async fn start(backend: Backend, jobs: JobsMode, tweak: impl FnOnce(&mut Part4Config)) -> Lab {
+        let db = Db::new().await;
+        let stack = testing::stack();
+        let prefix = testing::unique_name("p4h");
+        let queue_config = support::config(backend);
+        let mut c: Part4Config = clap::Parser::try_parse_from(["part4-server"]).unwrap();
+        let server = &mut c.part3.part2.server;
+        server.port = 0;
+        server.clone_id = Some(testing::unique_name("clone"));
+        server.key_prefix = prefix.clone();
+        server.stack.mariadb_primary_url = db.db.url.clone();
+        server.stack.mariadb_replica_url =
+            common::config::with_database(&stack.mariadb_replica_url, &db.db.name);
+        c.jobs = jobs;
+        c.queue = queue_config.clone();
+        c.depth_check_ms = 0;
+        c.events_poll_ms = 50;
+        c.job_min_ms = 0;
+        tweak(&mut c);
+        let app = part4_async::server::build(c).await.unwrap();
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(app.run_until(async move {
+            let _ = rx.await;
+        }));
+        let queue = match jobs {
+            JobsMode::Async => Some(AnyQueue::connect(&queue_config, &stack).await.unwrap()),
+            JobsMode::Sync => None,
+        };
+        Lab {
+            url,
+            ada: cookie_for(&prefix, 1, "ada").await,
+            bob: cookie_for(&prefix, 2, "bob").await,
+            db,
+            queue_config,
+            queue,
+            _stop: tx,
+            worker_stop: None,
+            worker: None,
+        }
+    }
+
+    /// Starts a worker on the server's queue, each job taking at least
+    /// `job_min`.
+    async fn start_worker(&mut self, job_min: Duration) {
+        let queue = AnyQueue::connect(&self.queue_config, &testing::stack())
+            .await
+            .unwrap();
+        let consumer = queue.consume("http-test-worker").await.unwrap();
+        let worker = Worker::new(
+            self.db.store.clone(),
+            &WorkerConfig::new("http-test-worker", job_min),
+            3,
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.worker_stop = Some(tx);
+        self.worker = Some(tokio::spawn(async move {
+            worker
+                .run_until_stopped(consumer, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        }));
+    }
+
+    fn queue(&self) -> &AnyQueue {
+        self.queue.as_ref().expect("an async server")
+    }
+
+    async fn waiting(&self) -> u64 {
+        self.queue().depth().await.unwrap().ready
+    }
+
+    async fn jobs_of_ada(&self) -> u64 {
+        self.db.store.count_for(1).await.unwrap()
+    }
+
+    /// Polls `GET /jobs/{id}` until the job is finished.
+    async fn finished(&self, id: &str) -> Value {
+        support::eventually("the job finished", || async {
+            let got = send(
+                Method::GET,
+                &self.url,
+                &format!("/jobs/{id}"),
+                Some(&self.ada),
+                None,
+                &[],
+            )
+            .await;
+            assert_eq!(got.status, 200, "{}", got.body);
+            let v = got.json();
+            (v["status"] == "done" || v["status"] == "failed").then_some(v)
+        })
+        .await
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.worker_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(w) = self.worker.take() {
+            tokio::time::timeout(DEADLINE, w).await.unwrap().unwrap();
+        }
+        if let Some(q) = &self.queue {
+            q.destroy().await.unwrap();
+        }
+        self.db.drop().await;
+    }
+}
+
+/// What a request got back.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A request with an optional cookie, an optional raw body (sent as JSON
+/// unless a `content-type` is among `headers`), and extra headers.
+async fn send(
+    method: Method,
+    base: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Got {
+    let mut req = part1_clones::client::http().request(method, format!("{base}{path}"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    if let Some(b) = body {
+        if !headers
+            .iter()
+            .any(|(h, _)| h.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header("content-type", "application/json");
+        }
+        req = req.body(b.to_owned());
+    }
+    for (h, v) in headers {
+        req = req.header(*h, *v);
+    }
+    let res = req.send().await.unwrap();
+    Got {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: res.text().await.unwrap(),
+    }
+}
+
+async fn post_job(lab: &Lab, body: &str, headers: &[(&str, &str)]) -> Got {
+    send(
+        Method::POST,
+        &lab.url,
+        "/jobs",
+        Some(&lab.ada),
+        Some(body),
+        headers,
+    )
+    .await
+}
+
+const EXPORT: &str = r#"{"kind":"export"}"#;
+
+// ---------------------------------------------------------------------
+// 202, Location, done, the result; the owner only.
+
+async fn accepted_then_done(backend: Backend) {
+    let mut lab = Lab::start(backend, JobsMode::Async, |_| {}).await;
+    let got = post_job(&lab, EXPORT, &[]).await;
+    assert_eq!(got.status, 202, "{}", got.body);
+    let job = got.json();
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(got.header("location"), Some(format!("/jobs/{id}").as_str()));
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["kind"], "export");
+    assert_eq!(lab.waiting().await, 1, "one job on the queue");
+
+    // Not done yet: no result.
+    let early = send(
+        Method::GET,
+        &lab.url,
+        &format!("/jobs/{id}/result"),
+        Some(&lab.ada),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(early.status, 409, "{}", early.body);
+
+    // Someone else, anonymous, malformed and forged ids.
+    for path in [
+        format!("/jobs/{id}"),
+        format!("/jobs/{id}/result"),
+        format!("/jobs/{id}/events"),
+    ] {
+        let other = send(Method::GET, &lab.url, &path, Some(&lab.bob), None, &[]).await;
+        assert_eq!(other.status, 404, "{path} for another user: {}", other.body);
+        let anon = send(Method::GET, &lab.url, &path, None, None, &[]).await;
+        assert_eq!(anon.status, 401, "{path} without a session");
+    }
+    let forged = JobId::generate();
+    for path in [
+        format!("/jobs/{forged}"),
+        "/jobs/not-an-id".to_owned(),
+        format!("/jobs/{}", id.to_uppercase()),
+        "/jobs/..%2F..%2Fetc".to_owned(),
+        format!("/jobs/{}", "f".repeat(5000)),
+    ] {
+        let got = send(Method::GET, &lab.url, &path, Some(&lab.ada), None, &[]).await;
+        assert_eq!(got.status, 404, "{path}: {}", got.body);
+    }
+
+    lab.start_worker(Duration::ZERO).await;
+    let done = lab.finished(&id).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["progress"], 100);
+    let result_url = done["result_url"].as_str().unwrap();
+    assert_eq!(result_url, format!("/jobs/{id}/result"));
+    let result = send(Method::GET, &lab.url, result_url, Some(&lab.ada), None, &[]).await;
+    assert_eq!(result.status, 200, "{}", result.body);
+    assert!(
+        result
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let doc = result.json();
+    assert_eq!(doc["user_id"], 1);
+    assert_eq!(doc["counts"]["articles"], 3);
+    assert_eq!(doc["counts"]["comments"], 5);
+    let theirs = send(Method::GET, &lab.url, result_url, Some(&lab.bob), None, &[]).await;
+    assert_eq!(theirs.status, 404, "the result is the owner's alone");
+    assert_eq!(lab.db.store.effects(&id.parse().unwrap()).await.unwrap(), 1);
+    support::depth_becomes(lab.queue(), 0, 0).await;
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_post_answers_202_and_the_owner_gets_the_result() {
+    accepted_then_done(Backend::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn redis_post_answers_202_and_the_owner_gets_the_result() {
+    accepted_then_done(Backend::Redis).await;
+}
+
+// ---------------------------------------------------------------------
+// Idempotency-Key.
+
+async fn idempotent_retry(backend: Backend) {
+    let lab = Lab::start(backend, JobsMode::Async, |c| c.drill_jobs = true).await;
+    let key = [("idempotency-key", "retry-me-1")];
+    let first = post_job(&lab, EXPORT, &key).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let again = post_job(&lab, EXPORT, &key).await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["id"], first.json()["id"], "the same job");
+    assert_eq!(again.header("location"), first.header("location"));
+    // The same key for another kind of job: a client bug, refused.
+    let other = post_job(&lab, r#"{"kind":"fail"}"#, &key).await;
+    assert_eq!(other.status, 409, "{}", other.body);
+    // The same key from another user is another user's key.
+    let bobs = send(
+        Method::POST,
+        &lab.url,
+        "/jobs",
+        Some(&lab.bob),
+        Some(EXPORT),
+        &key,
+    )
+    .await;
+    assert_eq!(bobs.status, 202);
+    assert_ne!(bobs.json()["id"], first.json()["id"]);
+    assert_eq!(lab.jobs_of_ada().await, 1, "one job row for ada");
+    assert_eq!(lab.waiting().await, 2, "ada's job once, and bob's");
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_a_retried_post_with_its_key_returns_the_same_job() {
+    idempotent_retry(Backend::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn redis_a_retried_post_with_its_key_returns_the_same_job() {
+    idempotent_retry(Backend::Redis).await;
+}
+
+/// Retries racing each other (two clones, one key): one job.
+#[tokio::test]
+async fn concurrent_retries_with_one_key_make_one_job() {
+    let lab = Lab::start(Backend::Redis, JobsMode::Async, |_| {}).await;
+    let key = [("idempotency-key", "raced")];
+    let answers = futures::future::join_all((0..6).map(|_| post_job(&lab, EXPORT, &key))).await;
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|g| {
+            assert_eq!(g.status, 202, "{}", g.body);
+            g.json()["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(lab.jobs_of_ada().await, 1);
+    assert_eq!(lab.waiting().await, 1);
+    lab.stop().await;
+}
+
+// ---------------------------------------------------------------------
+// Bad input: a clear 4xx, nothing written, nothing queued.
+
+async fn bad_input(backend: Backend) {
+    let lab = Lab::start(backend, JobsMode::Async, |_| {}).await;
+    let long_key = "k".repeat(65);
+    let huge = format!(
+        r#"{{"kind":"export","params":{{"x":"{}"}}}}"#,
+        "a".repeat(4000)
+    );
+    let cases: Vec<(&str, Option<&str>, String, Vec<(&str, &str)>, u16)> = vec![
+        ("not logged in", None, EXPORT.into(), vec![], 401),
+        (
+            "not JSON",
+            Some(&lab.ada),
+            "{kind: export".into(),
+            vec![],
+            400,
+        ),
+        ("empty body", Some(&lab.ada), String::new(), vec![], 400),
+        (
+            "not an object",
+            Some(&lab.ada),
+            r#"["export"]"#.into(),
+            vec![],
+            400,
+        ),
+        ("no kind", Some(&lab.ada), "{}".into(), vec![], 400),
+        (
+            "unknown kind",
+            Some(&lab.ada),
+            r#"{"kind":"mine-bitcoin"}"#.into(),
+            vec![],
+            400,
+        ),
+        (
+            "a kind in capitals",
+            Some(&lab.ada),
+            r#"{"kind":"EXPORT"}"#.into(),
+            vec![],
+            400,
+        ),
+        (
+            "the drill's kind, drills off",
+            Some(&lab.ada),
+            r#"{"kind":"fail"}"#.into(),
+            vec![],
+            400,
+        ),
+        (
+            "a kind that is not text",
+            Some(&lab.ada),
+            r#"{"kind":7}"#.into(),
+            vec![],
+            400,
+        ),
+        (
+            "an extra field",
+            Some(&lab.ada),
+            r#"{"kind":"export","owner_id":2}"#.into(),
+            vec![],
+            400,
+        ),
+        (
+            "parameters the export does not take",
+            Some(&lab.ada),
+            r#"{"kind":"export","params":{"user":2}}"#.into(),
+            vec![],
+            400,
+        ),
+        ("oversized", Some(&lab.ada), huge, vec![], 413),
+        (
+            "not declared JSON",
+            Some(&lab.ada),
+            EXPORT.into(),
+            vec![("content-type", "text/plain")],
+            415,
+        ),
+        (
+            "a malformed idempotency key",
+            Some(&lab.ada),
+            EXPORT.into(),
+            vec![("idempotency-key", "no spaces please")],
+            400,
+        ),
+        (
+            "an overlong idempotency key",
+            Some(&lab.ada),
+            EXPORT.into(),
+            vec![("idempotency-key", &long_key)],
+            400,
+        ),
+    ];
+    for (what, cookie, body, headers, status) in &cases {
+        let got = send(
+            Method::POST,
+            &lab.url,
+            "/jobs",
+            *cookie,
+            Some(body),
+            headers,
+        )
+        .await;
+        assert_eq!(got.status, *status, "{what}: {}", got.body);
+        let err = got.json();
+        assert!(
+            err["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(lab.jobs_of_ada().await, 0, "no job row written");
+    assert_eq!(lab.db.store.count_for(2).await.unwrap(), 0);
+    assert_eq!(lab.waiting().await, 0, "nothing queued");
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_bad_input_gets_a_4xx_and_queues_nothing() {
+    bad_input(Backend::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn redis_bad_input_gets_a_4xx_and_queues_nothing() {
+    bad_input(Backend::Redis).await;
+}
+
+// ---------------------------------------------------------------------
+// Backpressure.
+
+async fn backpressure(backend: Backend) {
+    let lab = Lab::start(backend, JobsMode::Async, |c| {
+        c.max_queue_depth = 2;
+        c.retry_after_secs = 7;
+    })
+    .await;
+    let key = [("idempotency-key", "first")];
+    let first = post_job(&lab, EXPORT, &key).await;
+    assert_eq!(first.status, 202);
+    assert_eq!(post_job(&lab, EXPORT, &[]).await.status, 202);
+    for _ in 0..3 {
+        let refused = post_job(&lab, EXPORT, &[]).await;
+        assert_eq!(refused.status, 503, "{}", refused.body);
+        assert_eq!(refused.header("retry-after"), Some("7"));
+        let err = refused.json();
+        assert_eq!(err["waiting"], 2);
+        assert!(
+            err["error"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was queued"),
+            "{err}"
+        );
+    }
+    // A retry of an accepted job is still answered with that job.
+    let retry = post_job(&lab, EXPORT, &key).await;
+    assert_eq!(retry.status, 202);
+    assert_eq!(retry.json()["id"], first.json()["id"]);
+    assert_eq!(
+        lab.waiting().await,
+        2,
+        "the queue did not grow past the limit"
+    );
+    assert_eq!(lab.jobs_of_ada().await, 2, "no row for a refused job");
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_a_full_queue_answers_503_with_retry_after() {
+    backpressure(Backend::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn redis_a_full_queue_answers_503_with_retry_after() {
+    backpressure(Backend::Redis).await;
+}
+
+/// The queue goes away between the depth check and the publish (here: it
+/// is deleted, and RabbitMQ returns the mandatory publish unrouted): the
+/// job is marked failed with the reason, never left queued, the answer is
+/// 503, and the key is free for the retry.
+#[tokio::test]
+async fn rabbitmq_a_failed_enqueue_marks_the_job_failed_and_answers_503() {
+    let lab = Lab::start(Backend::RabbitMq, JobsMode::Async, |c| {
+        c.depth_check_ms = 600_000; // the depth read once, then trusted
+    })
+    .await;
+    assert_eq!(post_job(&lab, EXPORT, &[]).await.status, 202);
+    lab.queue().destroy().await.unwrap();
+    let key = [("idempotency-key", "after-the-outage")];
+    let got = post_job(&lab, EXPORT, &key).await;
+    assert_eq!(got.status, 503, "{}", got.body);
+    assert!(got.header("retry-after").is_some());
+    let err = got.json();
+    assert_eq!(err["status"], "failed");
+    let id: JobId = err["id"].as_str().unwrap().parse().unwrap();
+    let row = lab.db.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, JobStatus::Failed);
+    assert!(row.error.unwrap().contains("could not be queued"));
+    // The retry (same key) is a new attempt, not the dead job. (The queue
+    // is still gone: it fails the same way, with a new id.)
+    let retry = post_job(&lab, EXPORT, &key).await;
+    assert_eq!(retry.status, 503);
+    assert_ne!(retry.json()["id"], err["id"]);
+    lab.stop().await;
+}
+
+// ---------------------------------------------------------------------
+// Server-Sent Events.
+
+/// Reads a whole event stream: `(event, data)` pairs, in order, until the
+/// server ends it. The worker is started once the first event is in.
+async fn read_events(lab: &mut Lab, id: &str, job_min: Duration) -> Vec<(String, Value)> {
+    let client = reqwest::Client::builder()
+        .timeout(DEADLINE)
+        .build()
+        .unwrap();
+    let mut res = client
+        .get(format!("{}/jobs/{id}/events", lab.url))
+        .header("cookie", &lab.ada)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{:?}",
+        res.headers()
+    );
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut name, mut data) = (None, String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+                // ":" lines are keep-alive comments.
+            }
+            if let Some(name) = name {
+                events.push((name, serde_json::from_str(&data).unwrap()));
+                if events.len() == 1 {
+                    lab.start_worker(job_min).await;
+                }
+            }
+        }
+        assert!(events.len() < 200, "an endless stream: {events:?}");
+    }
+    events
+}
+
+async fn events_stream(backend: Backend) {
+    let mut lab = Lab::start(backend, JobsMode::Async, |_| {}).await;
+    let got = post_job(&lab, EXPORT, &[]).await;
+    let id = got.json()["id"].as_str().unwrap().to_owned();
+    let events = read_events(&mut lab, &id, Duration::from_millis(500)).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(events.len() >= 2, "{names:?}");
+    assert_eq!(events[0].0, "progress");
+    assert_eq!(
+        events[0].1["status"], "queued",
+        "the first event is the job as it was"
+    );
+    let (last, rest) = events.split_last().unwrap();
+    assert_eq!(last.0, "done", "{names:?}");
+    assert_eq!(last.1["progress"], 100);
+    assert_eq!(last.1["result_url"], format!("/jobs/{id}/result"));
+    let mut progress = 0;
+    for (name, data) in rest {
+        assert_eq!(name, "progress", "{names:?}");
+        assert_eq!(data["id"], id.as_str());
+        let p = data["progress"].as_u64().unwrap();
+        assert!(p >= progress, "progress goes forward: {names:?}");
+        progress = p;
+    }
+    // A finished job's stream is its last event, then the end.
+    let again = read_events_now(&lab, &id).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, "done");
+    lab.stop().await;
+}
+
+/// The stream of a finished job (no worker to start).
+async fn read_events_now(lab: &Lab, id: &str) -> Vec<(String, Value)> {
+    let got = send(
+        Method::GET,
+        &lab.url,
+        &format!("/jobs/{id}/events"),
+        Some(&lab.ada),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    got.body
+        .split("\n\n")
+        .filter_map(|block| {
+            let name = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))?
+                .trim()
+                .to_owned();
+            let data = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))?
+                .trim_start();
+            Some((name, serde_json::from_str(data).unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rabbitmq_the_event_stream_tells_progress_then_done() {
+    events_stream(Backend::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn redis_the_event_stream_tells_progress_then_done() {
+    events_stream(Backend::Redis).await;
+}
+
+/// A job that fails for good: `GET` says `failed` with the reason, its
+/// stream ends with a `failed` event, its result is a 409.
+#[tokio::test]
+async fn a_failed_job_says_why() {
+    let mut lab = Lab::start(Backend::Redis, JobsMode::Async, |c| c.drill_jobs = true).await;
+    let got = post_job(&lab, r#"{"kind":"fail"}"#, &[]).await;
+    assert_eq!(got.status, 202, "{}", got.body);
+    let id = got.json()["id"].as_str().unwrap().to_owned();
+    lab.start_worker(Duration::ZERO).await;
+    let v = lab.finished(&id).await;
+    assert_eq!(v["status"], "failed");
+    assert!(v["error"].as_str().unwrap().contains("always fails"), "{v}");
+    assert!(v.get("result_url").is_none());
+    let events = read_events_now(&lab, &id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "failed");
+    let result = send(
+        Method::GET,
+        &lab.url,
+        &format!("/jobs/{id}/result"),
+        Some(&lab.ada),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(result.status, 409);
+    support::depth_becomes(lab.queue(), 0, 1).await;
+    lab.stop().await;
+}
+
+// ---------------------------------------------------------------------
+// The anti-pattern: --jobs sync.
+
+#[tokio::test]
+async fn sync_jobs_answer_with_the_result_in_the_request() {
+    let lab = Lab::start(Backend::Redis, JobsMode::Sync, |c| c.job_min_ms = 200).await;
+    let key = [("idempotency-key", "sync-1")];
+    let got = post_job(&lab, EXPORT, &key).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    let doc = got.json();
+    assert_eq!(doc["user_id"], 1);
+    assert_eq!(doc["counts"]["articles"], 3);
+    assert_eq!(doc["counts"]["comments"], 5);
+    let id = got.header("x-job-id").unwrap().to_owned();
+    let row = send(
+        Method::GET,
+        &lab.url,
+        &format!("/jobs/{id}"),
+        Some(&lab.ada),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(row.json()["status"], "done", "done when the answer came");
+    // The retry gets the same result, without doing the job again.
+    let again = post_job(&lab, EXPORT, &key).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.header("x-job-id"), Some(id.as_str()));
+    assert_eq!(lab.jobs_of_ada().await, 1);
+    assert_eq!(lab.db.store.effects(&id.parse().unwrap()).await.unwrap(), 1);
+    // Bad input is refused the same way.
+    let bad = post_job(&lab, r#"{"kind":"nope"}"#, &[]).await;
+    assert_eq!(bad.status, 400);
+    lab.stop().await;
+}
+
+/// Part 3's routes are still there: part 4's server is part 3's plus jobs.
+#[tokio::test]
+async fn part3s_routes_are_served_too() {
+    let lab = Lab::start(Backend::Redis, JobsMode::Async, |_| {}).await;
+    let article = send(Method::GET, &lab.url, "/articles/1", None, None, &[]).await;
+    assert_eq!(article.status, 200, "{}", article.body);
+    assert!(
+        article.header("x-cache").is_some(),
+        "served by part 3's cached route"
+    );
+    let me = send(Method::GET, &lab.url, "/me", Some(&lab.ada), None, &[]).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["username"], "ada");
+    let posted = send(
+        Method::POST,
+        &lab.url,
+        "/articles",
+        Some(&lab.ada),
+        Some(&json!({"title": "t", "body": "b"}).to_string()),
+        &[],
+    )
+    .await;
+    assert!(
+        posted.status < 300,
+        "part 2's write route: {} {}",
+        posted.status,
+        posted.body
+    );
+    lab.stop().await;
+}
