@@ -359,7 +359,7 @@ pub async fn friends<'e, E: Executor<'e, Database = MySql>>(
 /// The feed's JOIN (binds: the user, the limit).
 pub const FEED_SQL: &str = "SELECT a.id, a.author_id, a.author_name, a.title, a.published_at, CAST(a.comment_count AS SIGNED) AS comment_count, \
      CAST(a.like_count AS SIGNED) AS like_count FROM friendships f JOIN articles a ON a.author_id = f.friend_id \
-     WHERE f.user_id = ? ORDER BY a.published_at DESC LIMIT ?";
+     WHERE f.user_id = ? ORDER BY a.published_at DESC, a.id DESC LIMIT ?";
 
 /// The feed by SQL JOIN: friends' latest articles, in one query.
 pub async fn feed_join<'e, E: Executor<'e, Database = MySql>>(

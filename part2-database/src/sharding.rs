@@ -375,7 +375,7 @@ impl<P: Placement> ShardedStore<P> {
                 for a in &authors {
                     ids.push_bind(*a);
                 }
-                q.push(") ORDER BY published_at DESC LIMIT ").push_bind(limit);
+                q.push(") ORDER BY published_at DESC, id DESC LIMIT ").push_bind(limit);
                 q.build_query_as().fetch_all(&self.shards[shard]).await.map_err(|source| ShardDown { shard, source })
             })
             .buffer_unordered(self.fan_out.max(1))

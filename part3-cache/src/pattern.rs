@@ -67,6 +67,17 @@ pub trait CachePattern: Send + Sync + 'static {
     /// The key `read` is cached under.
     fn key<'a>(&'a self, cache: &'a ReadThrough, read: &'a Read<'a>) -> BoxFuture<'a, Key>;
 
+    /// The key `read` is cached under, or `None` if the cache cannot say
+    /// (its generation could not be read): the read then bypasses the
+    /// cache. What the server uses. By default, [`CachePattern::key`].
+    fn try_key<'a>(
+        &'a self,
+        cache: &'a ReadThrough,
+        read: &'a Read<'a>,
+    ) -> BoxFuture<'a, Option<Key>> {
+        Box::pin(async move { Some(self.key(cache, read).await) })
+    }
+
     /// Invalidates what a committed write changed (`changed`: the objects
     /// it touched). Call it after the commit: before, a concurrent read
     /// could cache the old row again.
@@ -104,17 +115,47 @@ impl QueryCache {
         Key::new("query", &[generation, &sha256_hex(&bytes)])
     }
 
-    /// The current generation: a token in the cache, `0` before the first
-    /// flush (or when the cache cannot say: the read then bypasses anyway).
-    async fn generation(&self, cache: &ReadThrough) -> String {
+    /// The current generation: `0` without `flush_all_on_write` (it never
+    /// changes); with it, the token in the cache, or a new random one if
+    /// there is none (before the first flush, or evicted: memcached's LRU
+    /// drops a small, rarely written key like any other), created with
+    /// `add` so concurrent readers agree on one. Never an old generation
+    /// again (not `0`), where results stored before a flush may still
+    /// live. `None` if the cache cannot say (an error, a timeout): the
+    /// read bypasses.
+    async fn generation(&self, cache: &ReadThrough) -> Option<String> {
         if !self.flush_all_on_write {
-            return "0".to_owned();
+            return Some("0".to_owned());
         }
-        match cache.backend().get(&Key::new(GENERATION, &[])).await {
-            Ok(Some(token)) => String::from_utf8(token).unwrap_or_else(|_| "0".to_owned()),
-            _ => "0".to_owned(),
+        let backend = cache.backend();
+        let key = Key::new(GENERATION, &[]);
+        for _ in 0..2 {
+            match backend.get(&key).await {
+                Ok(Some(token)) => return String::from_utf8(token).ok(),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "query generation unknown: bypass");
+                    return None;
+                }
+            }
+            let token = new_generation();
+            match backend.add(&key, token.as_bytes(), GENERATION_TTL).await {
+                Ok(true) => return Some(token),
+                Ok(false) => continue, // another reader started one: read it
+                Err(e) => {
+                    tracing::debug!(error = %e, "query generation unknown: bypass");
+                    return None;
+                }
+            }
         }
+        None
     }
+}
+
+/// A fresh generation token: 16 random hex digits (never `0`'s key space).
+fn new_generation() -> String {
+    let token: u64 = rand::Rng::random(&mut rand::rngs::StdRng::from_os_rng());
+    format!("{token:016x}")
 }
 
 impl CachePattern for QueryCache {
@@ -124,11 +165,25 @@ impl CachePattern for QueryCache {
 
     fn key<'a>(&'a self, cache: &'a ReadThrough, read: &'a Read<'a>) -> BoxFuture<'a, Key> {
         Box::pin(async move {
+            // If the cache cannot name the generation, a throwaway one: a
+            // key nothing was ever stored under (a miss, never a stale
+            // hit). The server uses `try_key` and bypasses instead.
+            let generation = self.generation(cache).await.unwrap_or_else(new_generation);
+            QueryCache::query_key(&generation, read.sql, read.params)
+        })
+    }
+
+    fn try_key<'a>(
+        &'a self,
+        cache: &'a ReadThrough,
+        read: &'a Read<'a>,
+    ) -> BoxFuture<'a, Option<Key>> {
+        Box::pin(async move {
             // Simplified: with flush_all_on_write every read pays one more
             // round trip for the generation. Production would fetch it with
             // the value (a multi-get) or keep it briefly in process memory.
-            let generation = self.generation(cache).await;
-            QueryCache::query_key(&generation, read.sql, read.params)
+            let generation = self.generation(cache).await?;
+            Some(QueryCache::query_key(&generation, read.sql, read.params))
         })
     }
 
@@ -147,8 +202,7 @@ impl CachePattern for QueryCache {
             // (which would also drop sessions and every other app's keys):
             // a new generation makes every old query key unreachable; the
             // old entries age out by TTL and LRU.
-            let token: u64 = rand::Rng::random(&mut rand::rngs::StdRng::from_os_rng());
-            let token = format!("{token:016x}");
+            let token = new_generation();
             cache
                 .backend()
                 .set(&Key::new(GENERATION, &[]), token.as_bytes(), GENERATION_TTL)

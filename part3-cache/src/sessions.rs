@@ -14,16 +14,27 @@
 //! How it is stored:
 //!
 //! - the session record (`session:<id>`: user id, name, login time) as
-//!   JSON, with the idle expiry as its TTL, rewritten on every load to slide
-//!   that expiry (the record never changes after login, so rewriting it
-//!   cannot lose anything);
-//! - the cart (`session:<id>:cart`) as a JSON list with the time left to
-//!   the absolute expiry as its TTL, changed only under a lock
+//!   JSON, with the idle expiry (capped by the absolute one) as its TTL,
+//!   set once at login. The idle expiry does **not** slide here: sliding it
+//!   would mean writing the record again on every load, and a load that
+//!   read the record just before a logout deleted it would then write it
+//!   back: the user logged in again after logging out. A cache has no
+//!   "extend only if it still exists" in [`CacheBackend`] (memcached's
+//!   `touch`, Redis's `PEXPIRE` would do), so this store logs a user out
+//!   `SESSION_IDLE_SECS` after login, busy or not: one more reason part 1
+//!   keeps sessions in Redis, where the slide is one `PEXPIRE`;
+//! - the cart (`session:<id>:cart`) as JSON, its items and the idempotency
+//!   keys already used with the length each first push answered, with the
+//!   time left to the absolute expiry as its TTL, changed only under a lock
 //!   (`session:<id>:lock`, taken with the atomic `add` of the trait, a few
 //!   seconds' TTL so a crashed holder cannot block it for ever), so two
-//!   clones pushing at once never lose an item nor pass the cap;
-//! - each idempotency key of the cart (`idem_cart:<user>:<key>`) with the
-//!   length its first push answered.
+//!   clones pushing at once never lose an item nor pass the cap. The
+//!   idempotency keys live *in* the cart value, so one `set` writes the
+//!   item and its key together: two `set`s (the cart, then the key) would
+//!   add the item twice when the second failed and the client retried, and
+//!   the other order would lose it. They are scoped to the session's cart
+//!   (part 1's Redis store scopes them per user: the same key from another
+//!   session of the same user is a new push here).
 //!
 //! Keys are built with [`Key`] from the id (64 hex digits, checked by
 //! [`SessionId::parse`] before it gets here) and the user's own key (hashed
@@ -31,11 +42,11 @@
 //! bounded: a record or cart over [`MAX_VALUE_BYTES`] is refused, not
 //! stored.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use part1_clones::error::StoreError;
-use part1_clones::idempotency;
 use part1_clones::session::{CartAdd, CartPush, Expiry, Session, SessionId, SessionStore};
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +74,15 @@ struct Record {
     user_id: u64,
     username: String,
     created_at: i64,
+}
+
+/// A cart: its items, and each idempotency key used on it with the cart
+/// length its first push answered (written together, in one `set`).
+#[derive(Default, Serialize, Deserialize)]
+struct Cart {
+    items: Vec<String>,
+    #[serde(default)]
+    keys: BTreeMap<String, u64>,
 }
 
 fn now() -> i64 {
@@ -93,10 +113,6 @@ impl MemcachedSessions {
 
     fn lock_key(id: &SessionId) -> Key {
         Self::session_key(id).derived("lock")
-    }
-
-    fn idem_key(user_id: u64, key: &idempotency::IdempotencyKey) -> Key {
-        Key::new("idem_cart", &[&user_id.to_string(), key.as_str()])
     }
 
     /// What is left of the absolute expiry of a session made at `created_at`.
@@ -130,10 +146,10 @@ impl MemcachedSessions {
         }
     }
 
-    async fn cart_of(&self, id: &SessionId) -> Result<Vec<String>, StoreError> {
+    async fn cart_of(&self, id: &SessionId) -> Result<Cart, StoreError> {
         match self.cache.get(&Self::cart_key(id)).await.map_err(err)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(err),
-            None => Ok(Vec::new()),
+            None => Ok(Cart::default()),
         }
     }
 
@@ -143,40 +159,29 @@ impl MemcachedSessions {
         session: &Session,
         push: CartPush<'_>,
     ) -> Result<CartAdd, StoreError> {
-        if let Some(k) = push.key
-            && let Some(first) = self
-                .cache
-                .get(&Self::idem_key(push.user_id, k))
-                .await
-                .map_err(err)?
-        {
-            let len = String::from_utf8_lossy(&first).parse().unwrap_or(0);
-            return Ok(CartAdd::Repeated(len));
-        }
         let mut cart = self.cart_of(id).await?;
-        if cart.len() as u64 >= push.max_items {
+        if let Some(k) = push.key
+            && let Some(first) = cart.keys.get(k.as_str())
+        {
+            return Ok(CartAdd::Repeated(*first));
+        }
+        if cart.items.len() as u64 >= push.max_items {
             return Ok(CartAdd::Full);
         }
-        cart.push(push.item.to_owned());
-        let len = cart.len() as u64;
+        cart.items.push(push.item.to_owned());
+        let len = cart.items.len() as u64;
+        if let Some(k) = push.key {
+            cart.keys.insert(k.as_str().to_owned(), len);
+        }
         let ttl = self
             .remaining(session.created_at)
             .ok_or_else(|| err("the session has expired"))?;
         let bytes = Self::bounded(serde_json::to_vec(&cart).map_err(err)?)?;
+        // One write: the item and its idempotency key land together or not at all.
         self.cache
             .set(&Self::cart_key(id), &bytes, ttl)
             .await
             .map_err(err)?;
-        if let Some(k) = push.key {
-            self.cache
-                .set(
-                    &Self::idem_key(push.user_id, k),
-                    len.to_string().as_bytes(),
-                    Duration::from_secs(idempotency::TTL_SECS),
-                )
-                .await
-                .map_err(err)?;
-        }
         Ok(CartAdd::Added(len))
     }
 }
@@ -210,15 +215,12 @@ impl SessionStore for MemcachedSessions {
         let Ok(record) = serde_json::from_slice::<Record>(&bytes) else {
             return Ok(None); // not a record of ours: no session
         };
-        let Some(left) = self.remaining(record.created_at) else {
+        if self.remaining(record.created_at).is_none() {
             self.delete(id).await?;
             return Ok(None);
-        };
-        // Slide the idle expiry: the record is the same bytes again.
-        self.cache
-            .set(&key, &bytes, self.expiry.idle.min(left))
-            .await
-            .map_err(err)?;
+        }
+        // No write back (no sliding idle expiry, see the module docs): a
+        // `set` here would bring back a session a logout deleted meanwhile.
         Ok(Some(Session {
             user_id: record.user_id,
             username: record.username,
@@ -245,7 +247,7 @@ impl SessionStore for MemcachedSessions {
     }
 
     async fn cart(&self, id: &SessionId) -> Result<Vec<String>, StoreError> {
-        self.cart_of(id).await
+        Ok(self.cart_of(id).await?.items)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -589,6 +589,37 @@ impl ReadThrough {
         Ok(true)
     }
 
+    /// For a value *derived from another cached value* (a page rendered
+    /// from the cached article), after it was stored: keeps it only if
+    /// `source` still holds the bytes it was derived from (`used`), else
+    /// deletes it and answers `false`.
+    ///
+    /// The write marker cannot protect such a fill on its own: the write
+    /// marks, then deletes, then marks again; a page fill that takes its
+    /// mark after the first mark, reads the old article before the delete
+    /// and stores and checks between the delete and the second mark sees
+    /// the same marker every time, and would keep an old page for its
+    /// whole TTL. Re-reading the source after the store closes it: if the
+    /// old article is still there, the delete has not run yet (and will
+    /// delete the page too); if it is gone or different, the page is taken
+    /// back. A no-op (`true`) with the fill guard off.
+    pub async fn keep_if_source_unchanged(&self, key: &Key, source: &Key, used: &[u8]) -> bool {
+        if !self.fill_guard {
+            return true;
+        }
+        match self.get_many(std::slice::from_ref(source)).await {
+            Ok(now) if matches!(now.as_slice(), [Some(v)] if v == used) => true,
+            _ => {
+                self.skipped_stores.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%key, %source, "the source changed after the derived value was stored: taken back");
+                if let Err(e) = self.backend.delete(key).await {
+                    tracing::warn!(%key, error = %e, "could not take back a derived value: it lives until its TTL");
+                }
+                false
+            }
+        }
+    }
+
     /// The write marker of `key` now: take it *before* loading a value to
     /// store with [`ReadThrough::set_unless_written`]. No round trip when
     /// the guard is off.
@@ -803,46 +834,59 @@ struct Landed {
 }
 
 impl Flights {
-    /// Runs `work` for `key`, or waits for the run already in flight.
+    /// Runs `work` for `key`, or waits for the run already in flight and
+    /// answers what it landed.
+    ///
+    /// If the flight fails (its load erred, 404 included, or its leader was
+    /// dropped or panicked), its followers do not all run `work` at once:
+    /// that would be the herd again, exactly when the database struggles.
+    /// They re-enter: the first becomes the next leader, the others follow
+    /// it. A load that keeps failing (a missing article) is therefore run
+    /// by one reader at a time, never by all of them together (a negative
+    /// cache, "not found" stored briefly, would save even those; not built).
     pub async fn run<F, Fut, E>(&self, key: &Key, work: F) -> Result<(Vec<u8>, Outcome), E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Vec<u8>, Outcome), E>>,
     {
-        let joined = {
-            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            let existing = map.get(key.as_str()).cloned();
-            match existing {
-                Some(rx) => Err(rx),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    map.insert(key.as_str().to_owned(), rx);
-                    Ok(tx)
+        loop {
+            let joined = {
+                let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                let existing = map.get(key.as_str()).cloned();
+                match existing {
+                    Some(rx) => Err(rx),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        map.insert(key.as_str().to_owned(), rx);
+                        Ok(tx)
+                    }
                 }
-            }
-        };
-        match joined {
-            Ok(tx) => {
-                // Removes the entry however this ends, drop included.
-                let _landing = Landing { flights: self, key };
-                let result = work().await;
-                if let Ok((value, outcome)) = &result {
-                    let _ = tx.send(Some(Landed {
-                        value: Arc::from(value.as_slice()),
-                        outcome: *outcome,
-                    }));
+            };
+            match joined {
+                Ok(tx) => {
+                    // Removes the entry however this ends, drop included;
+                    // dropped before `tx`, so the flight is gone from the
+                    // map by the time a follower wakes to re-enter.
+                    let _landing = Landing { flights: self, key };
+                    let result = work().await;
+                    if let Ok((value, outcome)) = &result {
+                        let _ = tx.send(Some(Landed {
+                            value: Arc::from(value.as_slice()),
+                            outcome: *outcome,
+                        }));
+                    }
+                    return result;
                 }
-                result
-            }
-            Err(mut rx) => {
-                let landed = rx
-                    .wait_for(Option::is_some)
-                    .await
-                    .ok()
-                    .and_then(|l| (*l).clone());
-                match landed {
-                    Some(l) => Ok((l.value.to_vec(), l.outcome)),
-                    None => work().await,
+                Err(mut rx) => {
+                    let landed = rx
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|l| (*l).clone());
+                    if let Some(l) = landed {
+                        return Ok((l.value.to_vec(), l.outcome));
+                    }
+                    // The flight failed: try again, as leader or follower.
                 }
             }
         }
@@ -972,7 +1016,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_follower_loads_itself_when_the_leader_fails() {
+    async fn a_follower_leads_the_next_flight_when_the_leader_fails() {
         let flights = Arc::new(Flights::default());
         let key = Key::new("test", &["k"]);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();

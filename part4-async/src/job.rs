@@ -429,6 +429,19 @@ impl JobStore {
         Ok(())
     }
 
+    /// `owner_id`'s latest jobs, newest first, at most `limit`.
+    pub async fn recent(&self, owner_id: u64, limit: u32) -> anyhow::Result<Vec<Job>> {
+        let rows = sqlx::query(select_job!(
+            "WHERE owner_id = ? ORDER BY created_at DESC, id DESC LIMIT ?"
+        ))
+        .bind(owner_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .with_context(|| format!("reading user {owner_id}'s jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     /// How many jobs `owner_id` has (tests count them: a retried request
     /// with an idempotency key must not make a second).
     pub async fn count_for(&self, owner_id: u64) -> anyhow::Result<u64> {

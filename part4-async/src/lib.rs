@@ -25,14 +25,29 @@
 //!    one) and [`queue::redis`] (the reliable-queue pattern on lists).
 //! 4. [`worker`]: decode, start, work, commit with the claim, then ack;
 //!    retries, poison jobs, and a graceful stop on SIGTERM.
+//! 5. [`server`]: the frontend. Part 3's server plus `POST /jobs`, which
+//!    answers `202 Accepted` at once, `GET /jobs/{id}` and its result, and
+//!    [`server::events`], which tells the user when it is done; with
+//!    backpressure, idempotent retries, and `--jobs sync`, the
+//!    anti-pattern, beside it.
 //!
-//! Binaries: `part4-worker` (one worker process; `./lab up part4` will
-//! start `LAB_WORKERS` of them). `part4-demo` is still the placeholder.
+//! Binaries: `part4-server` (one clone: part 3's server plus jobs; its
+//! flags in [`server`]) and `part4-worker` (one worker process; `./lab up
+//! part4` will start `LAB_WORKERS` of them). `part4-demo` is still the
+//! placeholder.
 //!
-//! Run a worker against the local stack:
+//! Run a clone and a worker against the local stack, then start a job and
+//! watch it:
 //!
 //! ```text
-//! cargo run -p part4-async --bin part4-worker -- --queue rabbitmq
+//! cargo run -p part4-async --bin part4-server -- --port 18081
+//! cargo run -p part4-async --bin part4-worker
+//! curl -si -c jar -H 'content-type: application/json' \
+//!      -d '{"username":"user2","password":"correct-horse-battery"}' localhost:18081/login
+//! curl -si -b jar -H 'content-type: application/json' \
+//!      -d '{"kind":"export"}' localhost:18081/jobs        # 202, Location
+//! curl -N -b jar localhost:18081/jobs/<id>/events         # progress ... done
+//! curl -b jar localhost:18081/jobs/<id>/result
 //! ```
 //!
 //! ## Configuration
@@ -55,9 +70,8 @@
 //!
 //! ## Not built yet
 //!
-//! The HTTP side (`POST /jobs`, `GET /jobs/{id}` and its events), the
-//! baked pages and nginx, the browser test and the demo come next; the
-//! demo still records this part as not built.
+//! The baked pages and nginx, the browser page and its test, the demo and
+//! the benches come next; the demo still records this part as not built.
 
 pub mod export;
 pub mod job;

@@ -22,6 +22,8 @@
 //! up, and form the next batch: the batch size follows the load by
 //! itself, 1 when idle, tens under a burst. The relay of experiment 6
 //! counts it on the wire: 200 concurrent gets, a handful of round trips.
+//! Nothing here is about gets: `backend/memcached.rs` runs sets through
+//! lanes of their own the same way (pipelined `ms` commands).
 //!
 //! **What it costs.** Two hops between tasks (the request through a
 //! channel, the answer through a oneshot): a few microseconds, paid by

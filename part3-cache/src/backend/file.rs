@@ -383,7 +383,19 @@ impl CacheBackend for FileCache {
 
     fn delete_many<'a>(&'a self, keys: &'a [Key]) -> BoxFuture<'a, Result<(), CacheError>> {
         let paths: Vec<PathBuf> = keys.iter().map(|k| self.inner.path(k)).collect();
-        Box::pin(self.blocking(move |inner| paths.iter().try_for_each(|p| inner.remove(p))))
+        // Every key is tried, even after one fails (a write's other
+        // objects must still go); the first error is returned.
+        Box::pin(self.blocking(move |inner| {
+            let mut first = Ok(());
+            for p in &paths {
+                if let Err(e) = inner.remove(p)
+                    && first.is_ok()
+                {
+                    first = Err(e);
+                }
+            }
+            first
+        }))
     }
 }
 
@@ -398,6 +410,21 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[tokio::test]
+    async fn delete_many_tries_every_key_and_returns_the_first_error() {
+        let d = dir("delmany");
+        let c = FileCache::open(&d, "t:", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (bad, good) = (Key::new("article", &["1"]), Key::new("article", &["2"]));
+        // A directory where the first entry would be: removing it fails.
+        std::fs::create_dir_all(c.path_of(&bad)).unwrap();
+        c.set(&good, b"old", Duration::from_secs(60)).await.unwrap();
+        assert!(c.delete_many(&[bad, good.clone()]).await.is_err());
+        assert_eq!(c.get(&good).await.unwrap(), None, "the next key still went");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[tokio::test]

@@ -19,7 +19,6 @@
 //!
 //! Run it alone: `DEMO_ONLY=11 cargo run -p part3-cache --bin part3-demo`.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -191,9 +190,9 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
         .map(|(t, pct)| format!("{t:.2}s {pct:.0}%"))
         .collect();
     figure(
-        Kind::Measured,
+        Kind::Computed,
         format!(
-            "hit ratio every {} ms (X-Cache counted by the client): {}",
+            "hit ratio every {} ms = X-Cache hits / answers in each window (counted by the client): {}",
             BUCKET.as_millis(),
             curve_line.join("  ")
         ),
@@ -201,12 +200,12 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     demo.results.curve(Curve {
         title: "hit ratio while memcached is killed and restarted".to_owned(),
         shows: format!(
-            "X-Cache: hit among the answers of each {} ms, counted by the client; memcached killed at {:.1} s, started again (empty) at {:.1} s",
+            "X-Cache hits / answers of each {} ms (both counted by the client; the ratio computed); memcached killed at {:.1} s, started again (empty) at {:.1} s",
             BUCKET.as_millis(),
             killed_at.as_secs_f64(),
             restarted_at.as_secs_f64()
         ),
-        kind: Kind::Measured,
+        kind: Kind::Computed,
         x: Axis::new("time", "s"),
         y: Axis::new("hit ratio", "%"),
         series: vec![Series {
@@ -263,94 +262,45 @@ fn reads(
 }
 
 /// A memcached process of this program's own, on a free port of
-/// 127.0.0.1, to kill and restart without touching the lab's shared one.
-/// Killed when dropped.
-pub struct PrivateMemcached {
-    port: u16,
-    child: Option<tokio::process::Child>,
-}
+/// 127.0.0.1, 64 MB, to kill and restart without touching the lab's shared
+/// one. Killed when dropped. A thin face of
+/// [`super::backends::PrivateMemcached`] (one way to start, check and stop
+/// a private memcached in this part), kept for its callers.
+pub struct PrivateMemcached(super::backends::PrivateMemcached);
 
 impl PrivateMemcached {
     /// Starts `memcached` (from `PATH`) on a free port, 64 MB, and waits
-    /// until it accepts connections.
+    /// until it serves the port (its own `pid` in `stats`).
     pub async fn start() -> anyhow::Result<Self> {
-        let port = part1_clones::cluster::free_port()?;
-        let mut m = PrivateMemcached { port, child: None };
-        m.spawn().await?;
-        Ok(m)
+        Ok(PrivateMemcached(
+            super::backends::PrivateMemcached::start(64).await?,
+        ))
     }
 
     /// `memcache://127.0.0.1:{port}`, the form of `MEMCACHED_URL`.
     pub fn url(&self) -> String {
-        format!("memcache://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
     /// `127.0.0.1:{port}`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.0.addr()
     }
 
     /// Whether the process runs now.
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.0.is_running()
     }
 
     /// Kills the process (SIGKILL: everything it held is gone) and waits
     /// for it to exit.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child
-                .kill()
-                .await
-                .context("killing the private memcached")?;
-        }
-        Ok(())
+        self.0.kill().await
     }
 
     /// Kills it if it runs, then starts it again on the same port
     /// (retrying for up to 10 s while the port is not free yet).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill().await?;
-        self.spawn().await
-    }
-
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let port = self.port.to_string();
-        loop {
-            let mut child = tokio::process::Command::new("memcached")
-                .args(["-u", "root", "-l", "127.0.0.1", "-p", &port, "-U", "0"])
-                .args(["-m", "64", "-c", "1024"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting memcached (is it installed? apt-get install memcached)")?;
-            // Up when it accepts; exited early when the port is still taken.
-            loop {
-                if child.try_wait()?.is_some() {
-                    break;
-                }
-                if tokio::net::TcpStream::connect(self.addr()).await.is_ok() {
-                    self.child = Some(child);
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill().await;
-                    anyhow::bail!(
-                        "a private memcached did not listen on {} within 10 s",
-                        self.addr()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "a private memcached could not bind {} again within 10 s",
-                self.addr()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.0.restart().await
     }
 }

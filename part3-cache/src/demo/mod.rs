@@ -4,7 +4,10 @@
 //! One file per experiment; this file holds what they share: the
 //! arguments, the demo's own database (loaded afresh, the default dataset,
 //! so the most connected user has thousands of friends), clusters of real
-//! `part3-server` clones behind a private HAProxy ([`Demo::cluster`]), the
+//! `part3-server` clones behind a private HAProxy ([`Demo::cluster`]: every
+//! server setting at its default, [`server_defaults`], whatever the
+//! caller's `.env` or shell says, with each experiment's own settings on
+//! top; the demo prints the list and keeps it in the results' notes), the
 //! servers' own counters ([`Demo::com_select`]), and the results, every
 //! figure with its kind (measured, computed or modelled: see
 //! `docs/glossary.md`).
@@ -131,25 +134,44 @@ impl Demo {
 
     /// A cluster of `clones` `part3-server` clones behind a private HAProxy,
     /// on the demo's database, with a cache key prefix of its own (so no
-    /// two experiments see each other's keys), plus `extra` settings
-    /// (`CACHE`, `CACHE_BACKEND`, `STAMPEDE`, ...; they override the
-    /// defaults here). The clones are killed when the cluster is dropped;
-    /// call [`Cluster::stop`] to stop them cleanly.
+    /// two experiments see each other's keys), every server setting at its
+    /// default ([`server_defaults`]: the caller's `.env` or shell cannot
+    /// change an experiment behind its back), plus `extra` settings
+    /// (`CACHE`, `CACHE_BACKEND`, `STAMPEDE`, ...; they override the rest).
+    /// The clones are killed when the cluster is dropped; call
+    /// [`Cluster::stop`] to stop them cleanly.
     pub async fn cluster(&self, clones: usize, extra: &[(&str, &str)]) -> anyhow::Result<Cluster> {
         let prefix = common::testing::unique_name("d3");
         let stack = self.stack();
-        let mut env: Vec<(&str, &str)> = vec![
+        let defaults = server_defaults();
+        let mut env: Vec<(&str, &str)> = defaults
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.extend([
             ("KEY_PREFIX", prefix.as_str()),
             ("REDIS_URL", stack.redis_url.as_str()),
             ("MEMCACHED_URL", stack.memcached_url.as_str()),
             ("MARIADB_PRIMARY_URL", self.primary_url.as_str()),
             ("MARIADB_REPLICA_URL", self.replica_url.as_str()),
             ("RUST_LOG", "warn"),
-        ];
+        ]);
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
             env.push((k, v));
         }
+        let file = env
+            .iter()
+            .any(|(k, v)| *k == "CACHE_BACKEND" && v.eq_ignore_ascii_case("file"));
+        let dir_given = env.iter().any(|(k, _)| *k == "CACHE_FILE_DIR");
+        // `CACHE_FILE_DIR` has no value meaning "unset" (each clone picks
+        // its own directory when it is absent), and a cluster's clones all
+        // get the same environment: inherited, it would give every clone one
+        // shared directory, and experiment 4's lesson would vanish.
+        anyhow::ensure!(
+            !file || dir_given || std::env::var_os("CACHE_FILE_DIR").is_none(),
+            "CACHE_FILE_DIR is set in the environment: the demo's file-cache clones would share one directory; unset it (and remove it from .env) to run the demo"
+        );
         Cluster::start(ClusterSpec::new(&self.bin, clones, &env)).await
     }
 
@@ -204,6 +226,50 @@ impl Demo {
         self.results.load_runs(kind, comparison, &runs);
         runs
     }
+}
+
+/// Variables the demo sets itself on every clone (or the cluster does:
+/// `CLONE_ID`, `PORT`, `LAB_BUILD`), never taken from the defaults.
+pub const SET_BY_THE_DEMO: &[&str] = &["KEY_PREFIX", "CLONE_ID", "PORT", "LAB_BUILD"];
+
+/// Every setting of `part3-server` (part 1's, part 2's and part 3's) that
+/// has a default, at that default, as `(variable, value)`, read from the
+/// server's own command line definition, so the list cannot drift from
+/// it. Left out: the URLs (the demo gives the clones its own stack's),
+/// what [`SET_BY_THE_DEMO`] lists, and `CACHE_FILE_DIR` (no default: each
+/// clone computes its own; [`Demo::cluster`] refuses to start a file-cache
+/// cluster that would inherit one).
+pub fn server_defaults() -> Vec<(String, String)> {
+    use clap::CommandFactory;
+    crate::server::Part3Config::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let env = a.get_env()?.to_str()?;
+            let values = a.get_default_values();
+            if values.is_empty() || env.ends_with("_URL") || SET_BY_THE_DEMO.contains(&env) {
+                return None;
+            }
+            let value = values
+                .iter()
+                .map(|v| v.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(",");
+            Some((env.to_owned(), value))
+        })
+        .collect()
+}
+
+/// The clones' fixed settings, one line (printed and kept in the results'
+/// notes): what every experiment runs with unless it says otherwise.
+pub fn settings_line() -> String {
+    let all: Vec<String> = server_defaults()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "every clone runs with these settings unless its experiment names others (the caller's environment is not used): {}; CACHE_FILE_DIR unset (one directory per clone)",
+        all.join(" ")
+    )
 }
 
 /// The `part3-server` beside the running demo binary.
@@ -272,6 +338,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         results,
     };
     println!("Part 3: Cache. {}", crate::CLAIM);
+    let settings = settings_line();
+    common::demo::line(&settings);
+    demo.results.notes.push(settings);
     let s = demo.spec.sizes;
     common::demo::line(format!(
         "dataset: {} users, {} articles, {} comments, {} likes drawn (Zipf-skewed), {how} in {}, replicated, in {:.1} s",
@@ -417,5 +486,50 @@ mod tests {
             Args::try_parse_from(["part3-demo", "--scale", "tiny", "--repeat", "2"]).unwrap();
         assert_eq!(args.scale, Scale::Tiny);
         assert_eq!(args.demo.repeat, 2);
+    }
+
+    #[test]
+    fn the_clones_get_every_cache_setting_at_its_default() {
+        let d = server_defaults();
+        let get = |k: &str| d.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        for (k, v) in [
+            ("CACHE", "object"),
+            ("CACHE_BACKEND", "memcached"),
+            ("STAMPEDE", "lease"),
+            ("CACHE_TTL_SECS", "300"),
+            ("CACHE_JITTER", "0.1"),
+            ("QUERY_FLUSH_ON_WRITE", "false"),
+            ("CACHE_TIMEOUT_MS", "50"),
+            ("CACHE_MAX_VALUE_BYTES", "524288"),
+            ("READS", "pin"),
+            ("SHAPE", "denormalized"),
+            ("SESSIONS", "redis"),
+        ] {
+            assert_eq!(get(k), Some(v), "{k}");
+        }
+        for k in [
+            "CACHE_FILE_DIR",
+            "KEY_PREFIX",
+            "PORT",
+            "MARIADB_PRIMARY_URL",
+        ] {
+            assert_eq!(get(k), None, "{k} is the demo's or the clone's to set");
+        }
+        // Every value parses back into the server's configuration.
+        let mut argv = vec!["part3-server".to_owned()];
+        let cmd = <crate::server::Part3Config as clap::CommandFactory>::command();
+        for (k, v) in &d {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_env().and_then(|e| e.to_str()) == Some(k.as_str()))
+                .unwrap();
+            if !arg.get_action().takes_values() {
+                // A flag: its variable reads "false" as off (clap's boolish values).
+                assert_eq!(v, "false", "{k}");
+                continue;
+            }
+            argv.push(format!("--{}={v}", arg.get_long().unwrap()));
+        }
+        crate::server::Part3Config::try_parse_from(argv).unwrap();
     }
 }

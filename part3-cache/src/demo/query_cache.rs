@@ -12,14 +12,20 @@
 //!    drop them all on any write (`QUERY_FLUSH_ON_WRITE=true`: a new key
 //!    generation). Under a read/write mix (one request in 20 a comment) the
 //!    hit ratio collapses against the same mix without the flush.
-//! 3. **MariaDB's own query cache** (off by default in 10.11) under the
-//!    same mix with `CACHE=none`: the server drops every cached result of a
-//!    table on any write to it, so it has the same problem. Turning it on
-//!    changes the *shared* primary, so it is done by
-//!    [`with_mariadb_query_cache`], a guard that puts back the values it
-//!    found on every path (Ok, Err, panic, a cancelled future), serialised
-//!    across processes by the named lock [`QUERY_CACHE_LOCK`]. MariaDB
-//!    10.11 allows it at runtime: `SET GLOBAL query_cache_size = N`, then
+//! 3. **MariaDB's own query cache** (off by default in 10.11, and in the
+//!    lab) under the same mix with `CACHE=none`, on the primary *and* the
+//!    replica (`CACHE=none` reads like part 2: both servers answer reads):
+//!    the server drops every cached result of a table on any write to it
+//!    (a replicated write too), so it has the same problem. Turning it on
+//!    changes the *shared* servers, so it is done by
+//!    [`with_mariadb_query_cache`], a guard that puts back the lab's
+//!    configuration ([`LAB_QUERY_CACHE_TYPE`], [`LAB_QUERY_CACHE_SIZE`]) on
+//!    every path (Ok, Err, panic, a cancelled future), serialised across
+//!    processes by the named lock [`QUERY_CACHE_LOCK`]. It puts back the
+//!    lab's values, not the ones it found: a demo killed mid-drill runs no
+//!    undo, and the next drill then heals the servers instead of keeping
+//!    the cache on for ever. MariaDB 10.11 allows it at runtime:
+//!    `SET GLOBAL query_cache_size = N`, then
 //!    `SET GLOBAL query_cache_type = ON`; sessions opened after that use it
 //!    (the clones are started inside the guard).
 //!
@@ -27,8 +33,10 @@
 //! counted by the client; Memcached's `get_hits` / `get_misses` deltas are
 //! printed beside them (the shared server's counters: other clients and the
 //! flush generation's own lookups count too). MariaDB's from
-//! `Qcache_hits`, `Qcache_inserts` and `Com_select` (a read answered by the
-//! query cache is not counted in `Com_select`).
+//! `Qcache_hits`, `Qcache_inserts` and `Com_select` of both servers (a read
+//! answered by the query cache is not counted in `Com_select`): a ratio
+//! *per statement*, recorded with MariaDB's comparison, not beside the
+//! per-request `X-Cache` ratios.
 //!
 //! Run it alone: `DEMO_ONLY=2 cargo run -p part3-cache --bin part3-demo`.
 
@@ -90,14 +98,20 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     let admin =
         common::testing::mariadb_at("MariaDB primary (admin)", &demo.args.primary_admin_url)
             .await?;
+    let replica_admin =
+        common::testing::mariadb_at("MariaDB replica (admin)", &demo.args.replica_admin_url)
+            .await?;
     let d: &Demo = demo;
-    let q = with_mariadb_query_cache(&admin, QUERY_CACHE_BYTES, || async move {
+    // On both servers: `CACHE=none` reads like part 2 (the replica for
+    // what a viewer may read a little late, the primary for the rest).
+    let servers = [("the primary", &admin), ("the replica", &replica_admin)];
+    let q = with_mariadb_query_cache(&servers, QUERY_CACHE_BYTES, || async move {
         let cluster = d.cluster(3, &[("CACHE", "none")]).await?;
         let lb = cluster.lb_url();
         let cookie = no_cache::login(&lb, &name).await?;
-        let before = Qcache::read(&d.primary).await?;
+        let before = Qcache::both(d).await?;
         let m = mix(d, "MariaDB query cache, CACHE=none", &lb, &cookie).await;
-        let after = Qcache::read(&d.primary).await?;
+        let after = Qcache::both(d).await?;
         cluster.stop().await;
         Ok((m?, after.minus(&before)))
     })
@@ -108,7 +122,7 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     figure(
         Kind::Measured,
         format!(
-            "MariaDB query cache ({} MB, on the primary, put back after): Qcache_hits {}  Qcache_inserts {}  Com_select {}  ({} comments written)",
+            "MariaDB query cache ({} MB on the primary and on the replica, the lab's {LAB_QUERY_CACHE_TYPE} put back after): Qcache_hits {}  Qcache_inserts {}  Com_select {}, both servers  ({} comments written)",
             QUERY_CACHE_BYTES >> 20,
             delta.hits,
             delta.inserts,
@@ -119,7 +133,7 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     figure(
         Kind::Computed,
         format!(
-            "MariaDB query cache hit ratio {:.1}% = Qcache_hits / (Qcache_hits + Com_select): every write to a table drops all its cached results",
+            "MariaDB query cache hit ratio per statement {:.1}% = Qcache_hits / (Qcache_hits + Com_select), both servers (a SELECT, not a request: an article read runs several): every write to a table drops all its cached results",
             ratio_pct(delta.hits, served)
         ),
     );
@@ -128,22 +142,22 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     for (name, v) in [
         ("Qcache_hits", delta.hits),
         ("Qcache_inserts", delta.inserts),
-        ("Com_select (primary)", delta.com_select),
+        ("Com_select (primary + replica)", delta.com_select),
     ] {
         demo.results.measured(
             cmp_db,
             name,
             v as f64,
             "queries",
-            "the primary's own counter, delta over the run (the whole server: keep the lab idle)",
+            "the servers' own counters (primary + replica), delta over the run (the whole servers: keep the lab idle)",
         );
     }
     demo.results.computed(
-        cmp,
-        "MariaDB query cache: hit ratio",
+        cmp_db,
+        "MariaDB query cache: hit ratio per statement",
         ratio_pct(delta.hits, served),
         "%",
-        "Qcache_hits / (Qcache_hits + Com_select) on the primary over the mix",
+        "Qcache_hits / (Qcache_hits + Com_select), primary + replica, over the mix: per SELECT, not per request (not comparable with the X-Cache ratios)",
     );
     Ok(())
 }
@@ -279,6 +293,19 @@ impl Qcache {
         })
     }
 
+    /// The counters of the primary plus the replica (the demo's pools).
+    pub async fn both(demo: &Demo) -> anyhow::Result<Qcache> {
+        let (p, r) = (
+            Self::read(&demo.primary).await?,
+            Self::read(&demo.replica).await?,
+        );
+        Ok(Qcache {
+            hits: p.hits + r.hits,
+            inserts: p.inserts + r.inserts,
+            com_select: p.com_select + r.com_select,
+        })
+    }
+
     /// `self - before`, each counter.
     pub fn minus(&self, before: &Qcache) -> Qcache {
         Qcache {
@@ -289,8 +316,18 @@ impl Qcache {
     }
 }
 
-/// The primary's query-cache settings: `@@GLOBAL.query_cache_type`
-/// (`OFF`, `ON`, `DEMAND`) and `@@GLOBAL.query_cache_size` in bytes.
+/// The stack's own query-cache type: `lab.d/services.sh` writes no
+/// `query_cache_*` line into the servers' `my.cnf`, so MariaDB 10.11's
+/// default (`OFF`) is the lab's configuration. The drill always puts this
+/// back, never "what it found": a drill killed half-way (Ctrl-C, `kill`,
+/// a crash: no undo runs) leaves the cache on, and the next drill heals it.
+pub const LAB_QUERY_CACHE_TYPE: &str = "OFF";
+/// The stack's own `query_cache_size` (MariaDB 10.11's default, 1 MiB:
+/// what a fresh lab server reports).
+pub const LAB_QUERY_CACHE_SIZE: u64 = 1024 * 1024;
+
+/// A server's query-cache settings: `@@GLOBAL.query_cache_type` (`OFF`,
+/// `ON`, `DEMAND`) and `@@GLOBAL.query_cache_size` in bytes.
 pub async fn query_cache_settings(admin: &MySqlPool) -> anyhow::Result<(String, u64)> {
     let (kind, size): (String, u64) =
         sqlx::query_as("SELECT CAST(@@GLOBAL.query_cache_type AS CHAR), @@GLOBAL.query_cache_size")
@@ -298,6 +335,11 @@ pub async fn query_cache_settings(admin: &MySqlPool) -> anyhow::Result<(String, 
             .await
             .context("reading @@GLOBAL.query_cache_type and query_cache_size")?;
     Ok((kind, size))
+}
+
+/// The lab's configuration, as [`query_cache_settings`] reports it.
+pub fn lab_query_cache() -> (String, u64) {
+    (LAB_QUERY_CACHE_TYPE.to_owned(), LAB_QUERY_CACHE_SIZE)
 }
 
 /// Sets the query cache's type and size (`SET GLOBAL`). `kind` must be
@@ -321,64 +363,134 @@ async fn set_query_cache(admin: &MySqlPool, kind: &str, size: u64) -> anyhow::Re
         sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .execute(admin)
             .await
-            .with_context(|| format!("{sql} on the primary"))?;
+            .with_context(|| sql.clone())?;
     }
     Ok(())
 }
 
-/// What the guard puts back: run on every normal path; spawned on the
-/// runtime if the guarded future is dropped before it ends.
-struct Restore {
-    pool: MySqlPool,
-    kind: String,
-    size: u64,
-    armed: bool,
+/// Puts the lab's configuration back on every server, trying each one
+/// even when an earlier one fails.
+async fn undo(servers: &[(String, MySqlPool)]) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for (name, pool) in servers {
+        if let Err(e) = set_query_cache(pool, LAB_QUERY_CACHE_TYPE, LAB_QUERY_CACHE_SIZE).await {
+            failed.push(format!("{name}: {e:#}"));
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "putting back query_cache_type = {LAB_QUERY_CACHE_TYPE}, query_cache_size = {LAB_QUERY_CACHE_SIZE} failed ({}): set it by hand",
+        failed.join("; ")
+    );
+    Ok(())
 }
 
-impl Restore {
-    async fn run(mut self) -> anyhow::Result<()> {
-        self.armed = false;
-        set_query_cache(&self.pool, &self.kind, self.size)
+/// The named lock [`QUERY_CACHE_LOCK`], held on a connection of its own
+/// to the primary (a process that dies mid-drill frees it as the
+/// connection closes). Take it with [`DrillLock::take`]; give it back with
+/// [`DrillLock::release`].
+pub struct DrillLock {
+    conn: Option<MySqlConnection>,
+}
+
+impl DrillLock {
+    /// Waits up to [`LOCK_WAIT`] for the lock (another drill, in this
+    /// process or any other, may hold it; a cancelled drill holds it until
+    /// its undo has run).
+    pub async fn take(primary_admin: &MySqlPool) -> anyhow::Result<DrillLock> {
+        let mut conn = primary_admin
+            .acquire()
             .await
-            .with_context(|| {
-                format!(
-                    "putting back query_cache_type = {}, query_cache_size = {}",
-                    self.kind, self.size
-                )
-            })
+            .context("a connection for the query-cache drill's lock")?
+            .detach();
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+            .bind(QUERY_CACHE_LOCK)
+            .bind(LOCK_WAIT.as_secs())
+            .fetch_one(conn.acquire().await?)
+            .await
+            .with_context(|| format!("GET_LOCK('{QUERY_CACHE_LOCK}')"))?;
+        anyhow::ensure!(
+            got == Some(1),
+            "another query-cache drill held the lock {QUERY_CACHE_LOCK} for {LOCK_WAIT:?}: is a demo or test stuck?"
+        );
+        Ok(DrillLock { conn: Some(conn) })
+    }
+
+    /// Whether this still holds the lock (a drill cancelled while holding
+    /// it hands it to its undo).
+    pub fn held(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Releases the lock and closes its connection.
+    pub async fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            release(conn).await;
+        }
     }
 }
 
-impl Drop for Restore {
+async fn release(mut conn: MySqlConnection) {
+    let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(QUERY_CACHE_LOCK)
+        .execute(&mut conn)
+        .await;
+    let _ = sqlx::Connection::close(conn).await;
+}
+
+/// What the guard puts back: run on every normal path; if the guarded
+/// future is dropped before it ends, spawned on the runtime *with the
+/// lock*, so no other drill starts before the undo has run.
+struct Restore<'a> {
+    servers: Vec<(String, MySqlPool)>,
+    lock: &'a mut DrillLock,
+    armed: bool,
+}
+
+impl Restore<'_> {
+    async fn run(mut self) -> anyhow::Result<()> {
+        self.armed = false;
+        undo(&self.servers).await
+    }
+}
+
+impl Drop for Restore<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
-        let (pool, kind, size) = (self.pool.clone(), self.kind.clone(), self.size);
+        let servers = std::mem::take(&mut self.servers);
+        let lock = self.lock.conn.take();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    if let Err(e) = set_query_cache(&pool, &kind, size).await {
+                    if let Err(e) = undo(&servers).await {
                         tracing::error!("a cancelled query-cache drill could not be undone: {e:#}");
+                    }
+                    if let Some(conn) = lock {
+                        release(conn).await;
                     }
                 });
             }
+            // The lock's connection closes as `lock` drops here.
             Err(_) => tracing::error!(
-                "a cancelled query-cache drill was left undone (no runtime): set query_cache_type = {kind}, query_cache_size = {size} by hand"
+                "a cancelled query-cache drill was left undone (no runtime): set query_cache_type = {LAB_QUERY_CACHE_TYPE}, query_cache_size = {LAB_QUERY_CACHE_SIZE} by hand (the next drill does it too)"
             ),
         }
     }
 }
 
-/// Turns MariaDB's query cache on (`bytes` of it) on the server of
-/// `admin` (a login allowed `SET GLOBAL`, the lab's `labadmin`), runs `f`,
-/// then puts back the type and size it found, whatever `f` did: returned
-/// `Ok`, returned `Err` (`f`'s error wins; an undo error is added as
-/// context), or panicked (the panic goes on after the undo). Serialised
-/// across processes by [`QUERY_CACHE_LOCK`], held on a connection of its
-/// own (a process that dies mid-drill frees it as the connection closes).
+/// Turns MariaDB's query cache on (`bytes` of it) on every server of
+/// `servers` (`(name, admin pool)`, a login allowed `SET GLOBAL`, the
+/// lab's `labadmin`; the first is the primary, where the lock lives), runs
+/// `f`, then puts back the lab's configuration ([`LAB_QUERY_CACHE_TYPE`],
+/// [`LAB_QUERY_CACHE_SIZE`]) whatever `f` did: returned `Ok`, returned
+/// `Err` (`f`'s error wins; an undo error is added as context), panicked
+/// (the panic goes on after the undo) or was dropped (the undo is spawned
+/// and keeps the lock until it is done). Serialised across processes by
+/// [`QUERY_CACHE_LOCK`].
 pub async fn with_mariadb_query_cache<T, F, Fut>(
-    admin: &MySqlPool,
+    servers: &[(&str, &MySqlPool)],
     bytes: u64,
     f: F,
 ) -> anyhow::Result<T>
@@ -386,28 +498,66 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let mut lock = take_lock(admin).await?;
-    let (kind, size) = query_cache_settings(admin).await?;
+    let (_, primary) = servers
+        .first()
+        .context("with_mariadb_query_cache needs at least the primary")?;
+    let mut lock = DrillLock::take(primary).await?;
+    let out = query_cache_drill(&mut lock, servers, bytes, f).await;
+    lock.release().await;
+    out
+}
+
+/// [`with_mariadb_query_cache`] under a lock the caller holds (a test that
+/// checks the settings before and after, inside one hold). If this future
+/// is dropped mid-drill, the lock goes with the spawned undo: `lock` is
+/// then empty, and taking the lock again waits for the undo.
+pub async fn query_cache_drill<T, F, Fut>(
+    lock: &mut DrillLock,
+    servers: &[(&str, &MySqlPool)],
+    bytes: u64,
+    f: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    anyhow::ensure!(
+        lock.held(),
+        "the query-cache drill's lock is not held (a cancelled drill took it)"
+    );
+    let owned: Vec<(String, MySqlPool)> = servers
+        .iter()
+        .map(|(n, p)| ((*n).to_owned(), (*p).clone()))
+        .collect();
+    for (name, pool) in &owned {
+        let found = query_cache_settings(pool)
+            .await
+            .with_context(|| format!("the query cache's settings on {name}"))?;
+        if found != lab_query_cache() {
+            tracing::warn!(
+                "{name}: query_cache_type = {}, query_cache_size = {} found (an interrupted drill?); the drill puts back the lab's {LAB_QUERY_CACHE_TYPE} / {LAB_QUERY_CACHE_SIZE}",
+                found.0,
+                found.1
+            );
+        }
+    }
     let restore = Restore {
-        pool: admin.clone(),
-        kind,
-        size,
+        servers: owned.clone(),
+        lock,
         armed: true,
     };
-    let pool = admin.clone();
     // The change is inside the guard: one that failed half-way is undone too.
     let outcome = AssertUnwindSafe(async move {
-        set_query_cache(&pool, "ON", bytes).await?;
+        for (name, pool) in &owned {
+            set_query_cache(pool, "ON", bytes)
+                .await
+                .with_context(|| format!("turning the query cache on, on {name}"))?;
+        }
         f().await
     })
     .catch_unwind()
     .await;
     let undone = restore.run().await;
-    let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
-        .bind(QUERY_CACHE_LOCK)
-        .execute(&mut lock)
-        .await;
-    let _ = sqlx::Connection::close(lock).await;
     match outcome {
         Err(panic) => {
             if let Err(e) = undone {
@@ -421,18 +571,4 @@ where
         }),
         Ok(Ok(v)) => undone.map(|()| v),
     }
-}
-
-async fn take_lock(pool: &MySqlPool) -> anyhow::Result<MySqlConnection> {
-    let mut conn = pool.acquire().await?.detach();
-    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-        .bind(QUERY_CACHE_LOCK)
-        .bind(LOCK_WAIT.as_secs())
-        .fetch_one(conn.acquire().await?)
-        .await?;
-    anyhow::ensure!(
-        got == Some(1),
-        "another query-cache drill held the lock {QUERY_CACHE_LOCK} for {LOCK_WAIT:?}: is a demo or test stuck?"
-    );
-    Ok(conn)
 }

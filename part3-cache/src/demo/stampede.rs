@@ -359,7 +359,7 @@ async fn steady(
     let reads = Arc::new(AtomicU64::new(0));
     let misses = Arc::new(AtomicU64::new(0));
     let bypasses = Arc::new(AtomicU64::new(0));
-    let readers: Vec<_> = (0..READERS)
+    let tasks: Vec<_> = (0..READERS)
         .map(|_| {
             let (http, url) = (http.clone(), url.to_owned());
             let (stop, reads, misses, bypasses) = (
@@ -382,6 +382,12 @@ async fn steady(
             })
         })
         .collect();
+    // From here on an early `?` (or a panic, or a dropped future) stops the
+    // readers too: they would spin on failing requests until the process ends.
+    let readers = Readers {
+        stop: stop.clone(),
+        tasks,
+    };
     let first = demo.com_select().await?;
     let (mut last, mut at) = (first, Instant::now());
     let end = at + length;
@@ -393,10 +399,7 @@ async fn steady(
         peak = peak.max(now.saturating_sub(last) as f64 / dt);
         (last, at) = (now, Instant::now());
     }
-    stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        let _ = r.await;
-    }
+    readers.finish().await;
     Ok(Steady {
         reads: reads.load(Ordering::Relaxed),
         misses: misses.load(Ordering::Relaxed),
@@ -404,4 +407,30 @@ async fn steady(
         selects: last.saturating_sub(first),
         peak_qps: peak,
     })
+}
+
+/// The steady readers: stopped on every path (told to stop and aborted on
+/// drop; [`Readers::finish`] lets them end their request).
+struct Readers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Readers {
+    /// Tells them to stop and waits for each to end its request.
+    async fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }

@@ -5,19 +5,27 @@
 //! from the database and stores the result for the TTL (with jitter, so
 //! objects stored together do not all expire together). A cache that
 //! errs or does not answer within `CACHE_TIMEOUT_MS` is a *bypass*: the
-//! read is served from the database as part 2 serves it, and nothing is
+//! read is served from the database (which one: below), and nothing is
 //! stored. The cache makes reads cheaper; it is never the reason a read
 //! fails.
 //!
-//! **Which database a load reads.** The primary. Read from a lagging
-//! replica just after a write deleted the object, a miss would store the
-//! old object, and every reader on every clone would get it until the
-//! TTL. (A narrower window remains: a load that read the primary just
-//! *before* a write committed and stores just *after* the write deleted
-//! the key. That is the stale-set race, experiment 7 of the issue.) If the
-//! primary does not answer, the read goes where part 2's policy sends it
-//! and nothing is stored. Simplified: a cache that is down sends these
-//! reads to the primary too; part 2's replicas keep serving every route
+//! **Which database a load reads.** A fill that will be stored reads the
+//! primary. Read from a lagging replica just after a write deleted the
+//! object, a miss would store the old object, and every reader on every
+//! clone would get it until the TTL. (A narrower window remains: a load
+//! that read the primary just *before* a write committed and stores just
+//! *after* the write deleted the key: the stale-set race, closed by the
+//! `{key}:written` marker, see [`crate::stampede`].) If the primary does
+//! not answer, the read goes where part 2's policy sends it and nothing is
+//! stored.
+//!
+//! Under `--cache none` nothing is ever stored, so every load reads as
+//! part 2 reads ([`DataLayer::read`](part2_database::server::DataLayer::read):
+//! a replica, or the primary for a viewer pinned by a recent write): the
+//! baseline is part 2's real server, replicas included. A *bypass* under
+//! `query`/`object` (the cache is down, slow, or cannot name the key) is
+//! different, and simplified: it still reads the primary, for correctness
+//! (the same loader as a fill); part 2's replicas keep serving every route
 //! the cache does not front.
 //!
 //! **The two patterns.** Under `query` the key is the hash of the SQL and
@@ -68,10 +76,12 @@ enum Fill {
 }
 
 impl Cache {
-    /// The key of `read` under this pattern; `None` under `--cache none`.
+    /// The key of `read` under this pattern; `None` under `--cache none`,
+    /// or when the pattern cannot name it (the query pattern's generation
+    /// is unreadable): the read bypasses.
     pub async fn key(&self, read: &Read<'_>) -> Option<Key> {
         let rt = self.read_through.as_ref()?;
-        Some(self.pattern.key(rt, read).await)
+        self.pattern.try_key(rt, read).await
     }
 
     /// Read-through: the value under `key`, else `load()`, stored if

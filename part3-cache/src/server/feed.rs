@@ -374,8 +374,9 @@ fn fill_error<T>(r: sqlx::Result<T>) -> Result<Option<T>, ApiError> {
     }
 }
 
-/// Part 2's JOIN orders by time alone; the object feed breaks ties by id.
-/// The fallback answers in the same order, so a client cannot tell.
+/// Newest first, ties broken by id (newest id first), as the object feed
+/// and part 2's JOIN (`FEED_SQL`: `published_at DESC, a.id DESC`) order
+/// them, so every path picks the same 20 and a client cannot tell.
 fn ordered(mut v: Vec<ArticleSummary>) -> Vec<ArticleSummary> {
     v.sort_by_key(|a| std::cmp::Reverse((a.published_at, a.id)));
     v

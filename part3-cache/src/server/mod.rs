@@ -57,7 +57,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::header::{ACCEPT, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -81,7 +81,9 @@ use cache::Cache;
 /// Which cache pattern (`--cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CacheMode {
-    /// No cache: part 2's reads (the baseline).
+    /// No cache: part 2's reads (the baseline): every cached route reads
+    /// where part 2's read policy sends it (`READS`: a replica unless the
+    /// viewer is pinned), never forced onto the primary.
     None,
     /// Cached queries, keyed by the hash of the SQL and its parameters:
     /// the anti-pattern (writes cannot find what to invalidate).
@@ -208,8 +210,16 @@ impl Part3Config {
 /// Connects and binds: part 2's data layer, the cache, and the hook that
 /// tells the cache about committed writes.
 pub async fn build(config: Part3Config) -> anyhow::Result<Application> {
+    let layer = cache_layer(&config).await?;
+    Application::build_with(config.part2.server, layer).await
+}
+
+/// Part 2's data layer with the cache in front, its invalidation hooked
+/// after every commit: what [`build`] serves, for a later part to build on
+/// (part 4's server is this plus jobs). Prints the cache's settings.
+pub async fn cache_layer(config: &Part3Config) -> anyhow::Result<CacheLayer> {
     let mut data = part2_database::server::data_layer(&config.part2).await?;
-    let mut cache = connect_cache(&config).await?;
+    let mut cache = connect_cache(config).await?;
     if config.cache == CacheMode::Object {
         // The friend graph lives in Redis whatever the backend (sets).
         cache.sets = Some(graph::FriendSets::new(
@@ -254,7 +264,7 @@ pub async fn build(config: Part3Config) -> anyhow::Result<Application> {
         config.cache_timeout_ms,
         config.cache_max_value_bytes,
     );
-    Application::build_with(config.part2.server, CacheLayer { data, cache }).await
+    Ok(CacheLayer { data, cache })
 }
 
 /// The cache of this configuration. The backends connect lazily: a cache
@@ -356,15 +366,22 @@ impl<S: SessionStore> Ctx<S> {
             .map(|(_, s)| s.user_id)
     }
 
-    /// Runs a query for a load: on the primary, so what is stored is not
-    /// older than the last invalidation (see [`cache`]); `true`, it may be
-    /// stored. If the primary does not answer: where part 2's policy says,
-    /// and `false`, it must not be stored.
+    /// Runs a query for a load. Under `--cache none` nothing is stored, so
+    /// it reads exactly as part 2 reads ([`DataLayer::read`]: a replica,
+    /// or the primary for a pinned viewer) and answers `false`. Otherwise
+    /// on the primary, so what is stored is not older than the last
+    /// invalidation (see [`cache`]); `true`, it may be stored. If the
+    /// primary does not answer: where part 2's policy says, and `false`,
+    /// it must not be stored.
     async fn query<T, F, Fut>(&self, viewer: Option<u64>, query: F) -> Result<(T, bool), ApiError>
     where
         F: Fn(MySqlPool) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
+        if self.cache.mode == CacheMode::None {
+            let (v, _) = self.data.read(viewer, query).await?;
+            return Ok((v, false));
+        }
         match query(self.data.db.primary().clone()).await {
             Ok(v) => return Ok((v, true)),
             Err(e) if is_connection_error(&e) => {
@@ -406,8 +423,10 @@ impl<S: SessionStore> Ctx<S> {
     }
 
     /// The rendered page. Under `object` it is cached whole (`page:{id}`),
-    /// built from the cached article on a miss; otherwise it is rendered
-    /// from the article each time.
+    /// built from the cached article on a miss (and kept only if that
+    /// article is still cached as it was once the page is stored: a write
+    /// may have deleted it meanwhile); otherwise it is rendered from the
+    /// article each time.
     async fn article_html(
         &self,
         viewer: Option<u64>,
@@ -422,12 +441,28 @@ impl<S: SessionStore> Ctx<S> {
             let (json, x) = self.article_json(viewer, id).await?;
             return Ok((render(&json)?, x));
         }
-        self.cache
-            .bytes(Some(cache::page_key(id)), || async move {
+        // The article the page was rendered from, when this read filled it.
+        let source = std::sync::Mutex::new(None::<Vec<u8>>);
+        let page = cache::page_key(id);
+        let (html, x) = self
+            .cache
+            .bytes(Some(page.clone()), || async {
                 let (json, x) = self.article_json(viewer, id).await?;
-                Ok((render(&json)?, x != Outcome::Bypass))
+                let html = render(&json)?;
+                *source.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
+                Ok((html, x != Outcome::Bypass))
             })
-            .await
+            .await?;
+        // A page is derived from the *cached* article: a comment's delete
+        // may have removed that article while this fill ran, past what
+        // the write marker sees (see `keep_if_source_unchanged`). Keep
+        // the page only if the article is still the one it shows.
+        let used = source.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let (Outcome::Miss, Some(json), Some(rt)) = (x, used, &self.cache.read_through) {
+            rt.keep_if_source_unchanged(&page, &cache::article_key(id), &json)
+                .await;
+        }
+        Ok((html, x))
     }
 
     /// A page of friends as JSON bytes. Under `object` the first page at
@@ -620,6 +655,9 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
 
 /// Whether the client asked for the HTML page (a browser's `Accept`
 /// lists `text/html` first; `curl` sends `*/*` and gets JSON).
+/// Simplified: any `Accept` naming `text/html` gets HTML, whatever its
+/// `q` (`application/json, text/html;q=0.1` too); real content
+/// negotiation would weigh the `q` values.
 fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(ACCEPT)
@@ -646,12 +684,19 @@ async fn article<S: SessionStore>(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let viewer = ctx.viewer(&headers).await;
-    if wants_html(&headers) {
+    let mut res = if wants_html(&headers) {
         let (html, x) = ctx.article_html(viewer, id).await?;
-        return Ok(answer(html, "text/html; charset=utf-8", x));
-    }
-    let (json, x) = ctx.article_json(viewer, id).await?;
-    Ok(answer(json, "application/json", x))
+        answer(html, "text/html; charset=utf-8", x)
+    } else {
+        let (json, x) = ctx.article_json(viewer, id).await?;
+        answer(json, "application/json", x)
+    };
+    // One URL, two representations picked by `Accept`: an HTTP cache in
+    // front (a browser, nginx's proxy_cache, a CDN) must key on it too,
+    // or it serves the page to a JSON client and the other way round.
+    res.headers_mut()
+        .insert(VARY, HeaderValue::from_static("accept"));
+    Ok(res)
 }
 
 async fn friends<S: SessionStore>(

@@ -543,3 +543,154 @@ async fn memcached_sessions_round_trip_and_are_lost_on_restart() {
     store.delete(&id).await.unwrap();
     assert_eq!(store.load(&id).await.unwrap(), None);
 }
+
+/// A backend that can pause after a `get` (until a hook future ends) and
+/// fail the next `set` *after* applying it (a reply lost on the way back:
+/// the server has the value, the caller gets an error), and counts `set`s.
+struct Hooked {
+    inner: Arc<dyn CacheBackend>,
+    after_get: std::sync::Mutex<Option<part3_cache::backend::BoxFuture<'static, ()>>>,
+    fail_next_set: std::sync::atomic::AtomicBool,
+    sets: std::sync::atomic::AtomicU64,
+}
+
+impl Hooked {
+    fn new(inner: Arc<dyn CacheBackend>) -> Self {
+        Hooked {
+            inner,
+            after_get: std::sync::Mutex::new(None),
+            fail_next_set: std::sync::atomic::AtomicBool::new(false),
+            sets: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl CacheBackend for Hooked {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn get<'a>(
+        &'a self,
+        key: &'a Key,
+    ) -> part3_cache::backend::BoxFuture<'a, Result<Option<Vec<u8>>, CacheError>> {
+        Box::pin(async move {
+            let got = self.inner.get(key).await;
+            let hook = self.after_get.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook.await;
+            }
+            got
+        })
+    }
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [Key],
+    ) -> part3_cache::backend::BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, CacheError>> {
+        self.inner.get_many(keys)
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a Key,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> part3_cache::backend::BoxFuture<'a, Result<(), CacheError>> {
+        Box::pin(async move {
+            self.sets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.set(key, value, ttl).await?;
+            if self
+                .fail_next_set
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(CacheError::Unavailable("the reply was lost".into()));
+            }
+            Ok(())
+        })
+    }
+    fn add<'a>(
+        &'a self,
+        key: &'a Key,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> part3_cache::backend::BoxFuture<'a, Result<bool, CacheError>> {
+        self.inner.add(key, value, ttl)
+    }
+    fn delete<'a>(
+        &'a self,
+        key: &'a Key,
+    ) -> part3_cache::backend::BoxFuture<'a, Result<(), CacheError>> {
+        self.inner.delete(key)
+    }
+    fn delete_many<'a>(
+        &'a self,
+        keys: &'a [Key],
+    ) -> part3_cache::backend::BoxFuture<'a, Result<(), CacheError>> {
+        self.inner.delete_many(keys)
+    }
+}
+
+#[tokio::test]
+async fn a_load_racing_a_logout_does_not_bring_the_session_back() {
+    let prefix = prefix("logout");
+    let hooked = Arc::new(Hooked::new(Arc::new(memcached(&prefix).await)));
+    let store = MemcachedSessions::new(hooked.clone(), EXPIRY);
+    let other_clone = MemcachedSessions::new(Arc::new(memcached(&prefix).await), EXPIRY);
+    let id = store.create(11, "user11").await.unwrap();
+    let sets = hooked.sets.load(std::sync::atomic::Ordering::SeqCst);
+    // The load reads the record, then waits while another clone logs the
+    // user out, then goes on.
+    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    *hooked.after_get.lock().unwrap() = Some(Box::pin(async move {
+        let _ = reached_tx.send(());
+        let _ = go_rx.await;
+    }));
+    let (loaded, ()) = tokio::join!(store.load(&id), async {
+        reached_rx.await.unwrap();
+        other_clone.delete(&id).await.unwrap();
+        go_tx.send(()).unwrap();
+    });
+    assert!(
+        loaded.unwrap().is_some(),
+        "it read the record before the logout"
+    );
+    assert_eq!(
+        hooked.sets.load(std::sync::atomic::Ordering::SeqCst),
+        sets,
+        "a load writes nothing"
+    );
+    assert_eq!(other_clone.load(&id).await.unwrap(), None, "logged out");
+    assert_eq!(store.load(&id).await.unwrap(), None, "logged out");
+    assert_eq!(
+        hooked
+            .inner
+            .get(&MemcachedSessions::session_key(&id))
+            .await
+            .unwrap(),
+        None,
+        "no record in the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_retried_cart_push_whose_reply_was_lost_adds_one_item() {
+    let hooked = Arc::new(Hooked::new(Arc::new(memcached(&prefix("retry")).await)));
+    let store = MemcachedSessions::new(hooked.clone(), EXPIRY);
+    let id = store.create(12, "user12").await.unwrap();
+    let key = part1_clones::idempotency::IdempotencyKey::parse("retry-1").unwrap();
+    let push = || CartPush {
+        user_id: 12,
+        item: "a",
+        max_items: 10,
+        key: Some(&key),
+    };
+    // The cart was written, the reply lost: the request fails, the client retries.
+    hooked
+        .fail_next_set
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(store.add_to_cart(&id, push()).await.is_err());
+    assert_eq!(
+        store.add_to_cart(&id, push()).await.unwrap(),
+        CartAdd::Repeated(1)
+    );
+    assert_eq!(store.cart(&id).await.unwrap(), ["a"], "one item, not two");
+}

@@ -114,6 +114,40 @@ async fn clones_share_the_batches() {
 }
 
 #[tokio::test]
+async fn concurrent_sets_each_store_their_own_value_in_fewer_round_trips() {
+    let (relay, mc) = relayed("coalset").await;
+    let keys: Vec<Key> = (0..200).map(key).collect();
+    let values: Vec<Vec<u8>> = (0..200).map(|i| format!("set {i}").into_bytes()).collect();
+    let t0 = relay.turns();
+    let stored = guarded(join_all(
+        keys.iter().zip(&values).map(|(k, v)| mc.set(k, v, TTL)),
+    ))
+    .await;
+    let turns = relay.turns() - t0;
+    assert!(
+        stored.iter().all(Result::is_ok),
+        "{:?}",
+        stored.iter().find(|r| r.is_err())
+    );
+    assert!(
+        turns < 200,
+        "200 concurrent sets took {turns} round trips: not coalesced"
+    );
+    // Each key holds its own value (read back in one multi-get).
+    let back = mc.get_many(&keys).await.unwrap();
+    for (i, (got, want)) in back.iter().zip(&values).enumerate() {
+        assert_eq!(got.as_ref(), Some(want), "key {i}");
+    }
+    // One caller at a time: one round trip each.
+    let t1 = relay.turns();
+    for (k, v) in keys.iter().zip(&values).take(20) {
+        mc.set(k, v, TTL).await.unwrap();
+    }
+    assert_eq!(relay.turns() - t1, 20, "20 sequential sets, 20 round trips");
+    mc.delete_many(&keys).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_refused_connection_fails_every_waiter_without_a_hang() {
     let port = closed_port().await;
     let mc = Memcached::connect(
@@ -127,6 +161,9 @@ async fn a_refused_connection_fails_every_waiter_without_a_hang() {
     let answers = guarded(join_all(keys.iter().map(|k| mc.get(k)))).await;
     let errors = answers.iter().filter(|a| a.is_err()).count();
     assert_eq!(errors, 100, "{:?}", answers.first());
+    let stored = guarded(join_all(keys.iter().map(|k| mc.set(k, b"v", TTL)))).await;
+    let errors = stored.iter().filter(|a| a.is_err()).count();
+    assert_eq!(errors, 100, "{:?}", stored.first());
 }
 
 #[tokio::test]

@@ -439,3 +439,90 @@ async fn a_file_cache_on_each_clone_serves_the_old_page_through_the_others() {
     }
     l.db.drop_database().await;
 }
+
+/// Review 6: one URL, two representations (JSON, HTML) chosen by
+/// `Accept`: both say `Vary: Accept`, so an HTTP cache in front keys on it.
+#[tokio::test]
+async fn the_article_varies_by_accept() {
+    support::require(BackendKind::Memcached).await;
+    let l = support::loaded().await;
+    let prefix = testing::unique_name("p3vary");
+    let app = spawn(config(
+        &l,
+        CacheMode::Object,
+        BackendKind::Memcached,
+        &prefix,
+    ))
+    .await;
+    let path = format!("/articles/{}", hot(&l));
+    let json = get(&app.url, &path, None).await;
+    let html = get_html(&app.url, &path).await;
+    assert_eq!((json.status, html.status), (200, 200));
+    assert!(html.content_type.starts_with("text/html"));
+    for got in [&json, &html] {
+        assert_eq!(
+            got.vary.as_deref().map(str::to_ascii_lowercase).as_deref(),
+            Some("accept"),
+            "{}",
+            got.content_type
+        );
+    }
+    l.db.drop_database().await;
+}
+
+/// Review 1.2: `--cache none` is part 2's reads (an anonymous reader is
+/// served by a replica), not every read on the primary; a fill that will
+/// be stored (`--cache object`) reads the primary. Made visible with two
+/// databases: the servers' primary is database A, their "replica" is
+/// database B on the real replica, whose copy of the article has another
+/// title.
+#[tokio::test]
+async fn without_a_cache_reads_go_where_part_2_sends_them() {
+    support::require(BackendKind::Memcached).await;
+    let a = support::loaded().await;
+    let b = support::loaded().await;
+    let id = hot(&a);
+    let title = "the replica's copy";
+    sqlx::query("UPDATE articles SET title = ? WHERE id = ?")
+        .bind(title)
+        .bind(id)
+        .execute(&b.db.pool)
+        .await
+        .unwrap();
+    let path = format!("/articles/{id}");
+    let with_b_as_replica = |cache| {
+        let mut c = config(
+            &a,
+            cache,
+            BackendKind::Memcached,
+            &testing::unique_name("p3reads"),
+        );
+        c.part2.server.stack.mariadb_replica_url = b.replica_url.clone();
+        c
+    };
+
+    // No cache: the replica (once the update has replicated and the
+    // health check has put the replica in rotation).
+    let none = spawn(with_b_as_replica(CacheMode::None)).await;
+    crate::backends::eventually(
+        std::time::Duration::from_secs(20),
+        "GET /articles/{id} under --cache none reads the replica",
+        || async { get(&none.url, &path, None).await.json()["title"] == title },
+    )
+    .await;
+    let got = get(&none.url, &path, None).await;
+    assert_eq!((got.status, got.x()), (200, "bypass"));
+    assert_eq!(get_html(&none.url, &path).await.status, 200);
+
+    // The object cache's fill: the primary, whatever the replica holds.
+    let object = spawn(with_b_as_replica(CacheMode::Object)).await;
+    let filled = get(&object.url, &path, None).await;
+    assert_eq!((filled.status, filled.x()), (200, "miss"));
+    assert_ne!(
+        filled.json()["title"],
+        title,
+        "a stored fill read the primary"
+    );
+    a.db.drop_database().await;
+    b.db.drop_database().await;
+}

@@ -3,15 +3,19 @@
 //! serves a stale article after a comment, the object cache serves it
 //! fresh, flush-on-write turns the next read into a miss, a file cache on
 //! each server's disk leaves the other server's copy stale, and the guard
-//! that turns MariaDB's own query cache on puts the shared primary's
-//! settings back on every path. Counts only, never timings.
+//! that turns MariaDB's own query cache on puts the lab's
+//! configuration back on the shared primary and replica on every path (Ok,
+//! Err, panic, a dropped future),
+//! checked under the drill's own lock. Counts only, never timings.
 
 use std::panic::AssertUnwindSafe;
 
 use common::testing;
 use futures::FutureExt;
 use part3_cache::demo::no_cache::{is_stale, stale_reads};
-use part3_cache::demo::query_cache::{query_cache_settings, with_mariadb_query_cache};
+use part3_cache::demo::query_cache::{
+    DrillLock, lab_query_cache, query_cache_drill, query_cache_settings, with_mariadb_query_cache,
+};
 use part3_cache::server::{BackendKind, CacheMode};
 use serde_json::json;
 
@@ -156,34 +160,61 @@ async fn a_file_cache_leaves_the_other_servers_copy_stale() {
     l.db.drop_database().await;
 }
 
+/// An admin pool on the server of `var` (default `url`).
+async fn admin(var: &str, url: &str, name: &str) -> sqlx::MySqlPool {
+    let url = std::env::var(var).unwrap_or_else(|_| url.to_owned());
+    testing::mariadb_at(name, &url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Both servers' settings.
+async fn both(servers: &[(&str, &sqlx::MySqlPool)]) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (_, pool) in servers {
+        out.push(query_cache_settings(pool).await.unwrap());
+    }
+    out
+}
+
 #[tokio::test]
 async fn the_mariadb_query_cache_guard_puts_the_settings_back_on_every_path() {
-    let url = std::env::var("MARIADB_PRIMARY_ADMIN_URL")
-        .unwrap_or_else(|_| "mysql://labadmin:labadmin@127.0.0.1:13306/lab".to_owned());
-    let admin = testing::mariadb_at("MariaDB primary (admin)", &url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let primary = admin(
+        "MARIADB_PRIMARY_ADMIN_URL",
+        "mysql://labadmin:labadmin@127.0.0.1:13306/lab",
+        "MariaDB primary (admin)",
+    )
+    .await;
+    let replica = admin(
+        "MARIADB_REPLICA_ADMIN_URL",
+        "mysql://labadmin:labadmin@127.0.0.1:13307/lab",
+        "MariaDB replica (admin)",
+    )
+    .await;
+    let servers = [("primary", &primary), ("replica", &replica)];
     let bytes = 8 * 1024 * 1024;
-    // All three paths in one test: the guard is serialised by a named
-    // lock, but a parallel test's guard could be on when we read "before".
-    let before = query_cache_settings(&admin).await.unwrap();
+    let on = vec![("ON".to_owned(), bytes); 2];
+    let lab = vec![lab_query_cache(); 2];
+    // Every check runs under the drill's lock, so no other drill (a demo,
+    // another checkout's test) can turn the cache on between two reads.
+    let mut lock = DrillLock::take(&primary).await.unwrap();
 
-    let inside = with_mariadb_query_cache(&admin, bytes, || async {
-        query_cache_settings(&admin).await
+    let inside = query_cache_drill(&mut lock, &servers, bytes, || async {
+        Ok(both(&servers).await)
     })
     .await
     .unwrap();
-    assert_eq!(inside, ("ON".to_owned(), bytes), "the guard turned it on");
-    assert_eq!(query_cache_settings(&admin).await.unwrap(), before, "Ok");
+    assert_eq!(inside, on, "the guard turned it on, on both servers");
+    assert_eq!(both(&servers).await, lab, "Ok");
 
-    let failed = with_mariadb_query_cache(&admin, bytes, || async {
+    let failed = query_cache_drill(&mut lock, &servers, bytes, || async {
         Err::<(), _>(anyhow::anyhow!("the closure failed"))
     })
     .await;
     assert!(format!("{:#}", failed.unwrap_err()).contains("the closure failed"));
-    assert_eq!(query_cache_settings(&admin).await.unwrap(), before, "Err");
+    assert_eq!(both(&servers).await, lab, "Err");
 
-    let panicked = AssertUnwindSafe(with_mariadb_query_cache(&admin, bytes, || async {
+    let panicked = AssertUnwindSafe(query_cache_drill(&mut lock, &servers, bytes, || async {
         if bytes > 0 {
             panic!("the closure panicked");
         }
@@ -192,5 +223,29 @@ async fn the_mariadb_query_cache_guard_puts_the_settings_back_on_every_path() {
     .catch_unwind()
     .await;
     assert!(panicked.is_err(), "the panic goes on after the undo");
-    assert_eq!(query_cache_settings(&admin).await.unwrap(), before, "panic");
+    assert_eq!(both(&servers).await, lab, "panic");
+
+    // Dropped mid-drill (a cancelled future): the undo is spawned and takes
+    // the lock with it; taking the lock again waits for the undo.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let drill = query_cache_drill(&mut lock, &servers, bytes, || async {
+        let _ = tx.send(both(&servers).await);
+        std::future::pending::<anyhow::Result<()>>().await
+    });
+    let seen = tokio::select! {
+        r = drill => panic!("the drill never ends by itself: {r:?}"),
+        seen = rx => seen.unwrap(),
+    };
+    assert_eq!(seen, on, "the cancelled drill had turned it on");
+    assert!(!lock.held(), "the spawned undo took the lock");
+    lock.release().await;
+    let lock = DrillLock::take(&primary).await.unwrap();
+    assert_eq!(both(&servers).await, lab, "dropped");
+    lock.release().await;
+
+    // The public guard: takes and gives back the lock itself.
+    let inside = with_mariadb_query_cache(&servers, bytes, || async { Ok(both(&servers).await) })
+        .await
+        .unwrap();
+    assert_eq!(inside, on);
 }

@@ -283,14 +283,16 @@ async fn a_write_between_the_check_and_the_set_is_taken_back() {
 async fn a_lease_waiter_takes_the_lease_when_the_holder_could_not_store() {
     for server in [Server::Memcached, Server::Redis] {
         let prefix = prefix("leasehandoff");
+        // The waiter polls up to 30 s: the holder's release, not a
+        // deadline, is what hands the lease over.
         let holder = Arc::new(ReadThrough::new(
             connect(server, &prefix).await,
             Stampede::Lease,
         ));
-        let waiter = Arc::new(ReadThrough::new(
-            connect(server, &prefix).await,
-            Stampede::Lease,
-        ));
+        let waiter = Arc::new(
+            ReadThrough::new(connect(server, &prefix).await, Stampede::Lease)
+                .with_lease_wait(Duration::from_secs(30)),
+        );
         let writer = ReadThrough::new(connect(server, &prefix).await, Stampede::Lease);
         let key = Key::new("article", &["11"]);
         let version = Arc::new(AtomicU64::new(1));
@@ -465,4 +467,240 @@ async fn a_multi_get_fill_is_guarded_too() {
         );
         assert_eq!(reader.skipped_stores(), 1, "{server:?}");
     }
+}
+
+/// A backend whose `delete_many` pauses twice: before the delete reaches
+/// the server (the write's first marks are set) and after it (before the
+/// write's second marks), each time telling the test and waiting for it.
+struct PausedDelete {
+    inner: Arc<dyn CacheBackend>,
+    /// Told when the write has marked (before the delete) and when it has
+    /// deleted (before the second marks).
+    reached: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    /// Lets the write go on, once per pause.
+    resume: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>,
+}
+
+impl PausedDelete {
+    async fn pause(&self, at: &'static str) {
+        self.reached.send(at).unwrap();
+        self.resume.lock().await.recv().await.unwrap();
+    }
+}
+
+impl CacheBackend for PausedDelete {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn get<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<Vec<u8>>, CacheError>> {
+        self.inner.get(key)
+    }
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [Key],
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, CacheError>> {
+        self.inner.get_many(keys)
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a Key,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), CacheError>> {
+        self.inner.set(key, value, ttl)
+    }
+    fn add<'a>(
+        &'a self,
+        key: &'a Key,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, CacheError>> {
+        self.inner.add(key, value, ttl)
+    }
+    fn delete<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<(), CacheError>> {
+        self.inner.delete(key)
+    }
+    fn delete_many<'a>(&'a self, keys: &'a [Key]) -> BoxFuture<'a, Result<(), CacheError>> {
+        Box::pin(async move {
+            self.pause("marked").await;
+            let done = self.inner.delete_many(keys).await;
+            self.pause("deleted").await;
+            done
+        })
+    }
+}
+
+/// Review 1.1: a page is rendered from the *cached* article, not from the
+/// primary. A comment commits, marks `article:42` and `page:42`, and is
+/// held before its delete; a page fill takes its mark then (after the
+/// write's mark), reads the old article from the cache, and its store of
+/// the page is held until the delete has run, while the write is held
+/// before its second marks. Every marker check of the page fill sees the
+/// same token, so the marker alone keeps the old page; re-reading the
+/// source after the store (`keep_if_source_unchanged`, what the server's
+/// page route does) takes it back: 0 stale pages.
+#[tokio::test]
+async fn a_page_rendered_from_the_cached_article_during_a_write_is_not_kept() {
+    for server in [Server::Memcached, Server::Redis] {
+        let prefix = prefix("pagefill");
+        let (article, page) = (Key::new("article", &["42"]), Key::new("page", &["42"]));
+        let hooked = Arc::new(HookedSet {
+            inner: connect(server, &prefix).await,
+            hook: Mutex::new(None),
+        });
+        let reader = Arc::new(ReadThrough::new(hooked.clone(), Stampede::None));
+        // The article is cached, without the comment.
+        let old = |what: &str| format!("{what} without the comment").into_bytes();
+        reader
+            .get_or_load(&article, TTL, || async { Ok::<_, ()>(old("article")) })
+            .await
+            .unwrap();
+
+        let (reached_tx, mut reached) = tokio::sync::mpsc::unbounded_channel();
+        let (resume, resume_rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer = Arc::new(ReadThrough::new(
+            Arc::new(PausedDelete {
+                inner: connect(server, &prefix).await,
+                reached: reached_tx,
+                resume: tokio::sync::Mutex::new(resume_rx),
+            }),
+            Stampede::None,
+        ));
+        // The comment has committed; its invalidation marks, then waits.
+        let write = {
+            let (writer, keys) = (writer.clone(), [article.clone(), page.clone()]);
+            tokio::spawn(async move { writer.invalidate(&keys).await })
+        };
+        assert_eq!(reached.recv().await, Some("marked"));
+
+        // The page fill's set waits until the write has deleted (and is
+        // held before its second marks).
+        let (deleted_tx, deleted_rx) = tokio::sync::oneshot::channel::<()>();
+        *hooked.hook.lock().unwrap() = Some(Box::pin({
+            let resume = resume.clone();
+            async move {
+                resume.send(()).unwrap(); // the write may delete now
+                deleted_rx.await.unwrap();
+            }
+        }) as BoxFuture<'static, ()>);
+        let waiter = tokio::spawn(async move {
+            assert_eq!(reached.recv().await, Some("deleted"));
+            deleted_tx.send(()).unwrap();
+            reached
+        });
+        let source = Mutex::new(None);
+        let got = reader
+            .get_or_load(&page, TTL, || async {
+                let (json, x) = reader
+                    .get_or_load(&article, TTL, || async {
+                        Ok::<_, ()>(b"article with the comment".to_vec())
+                    })
+                    .await?;
+                assert_eq!(x, Outcome::Hit, "{server:?}: read before the delete");
+                let html = [b"<p>".as_slice(), &json].concat();
+                *source.lock().unwrap() = Some(json);
+                Ok::<_, ()>(html)
+            })
+            .await;
+        assert_eq!(
+            got,
+            Ok((b"<p>article without the comment".to_vec(), Outcome::Miss))
+        );
+        let _reached = waiter.await.unwrap();
+        // The marker alone did not stop it: the old page is in the cache.
+        assert_eq!(
+            reader.get_many(std::slice::from_ref(&page)).await.unwrap(),
+            [Some(b"<p>article without the comment".to_vec())],
+            "{server:?}: what the marker alone leaves (the race is real)"
+        );
+        let used = source.lock().unwrap().take().unwrap();
+        assert!(
+            !reader
+                .keep_if_source_unchanged(&page, &article, &used)
+                .await,
+            "{server:?}: the article changed under the page"
+        );
+        resume.send(()).unwrap(); // the write's second marks
+        write.await.unwrap().unwrap();
+
+        // Every later read of the page renders the article with the comment.
+        let mut stale = 0;
+        for _ in 0..READS_AFTER {
+            let (v, _) = reader
+                .get_or_load(&page, TTL, || async {
+                    let (json, _) = reader
+                        .get_or_load(&article, TTL, || async {
+                            Ok::<_, ()>(b"article with the comment".to_vec())
+                        })
+                        .await?;
+                    Ok::<_, ()>([b"<p>".as_slice(), &json].concat())
+                })
+                .await
+                .unwrap();
+            if v != b"<p>article with the comment" {
+                stale += 1;
+            }
+        }
+        assert_eq!(stale, 0, "{server:?}: stale pages");
+    }
+}
+
+/// Review 1.9: with `--query-flush-on-write`, the generation in the cache
+/// names every query key. If it cannot be read the read bypasses (no key);
+/// if it is missing (never set, or evicted) a fresh random one is created
+/// with `add`, never the old `0`, where results stored before a flush may
+/// still live.
+#[tokio::test]
+async fn the_query_generation_is_never_reused_and_unknown_means_bypass() {
+    use part3_cache::pattern::{CachePattern, ObjectRef, QueryCache, Read};
+    let flushing = QueryCache {
+        flush_all_on_write: true,
+    };
+    let read = Read {
+        object: ObjectRef::new("article", "7"),
+        sql: "SELECT * FROM articles WHERE id = ?",
+        params: &["7"],
+    };
+    let generation = |key: &Key| key.as_str().split(':').nth(1).unwrap().to_owned();
+    for server in [Server::Memcached, Server::Redis] {
+        let backend = connect(server, &prefix("querygen")).await;
+        let cache = ReadThrough::new(backend.clone(), Stampede::None);
+        // A result stored under generation 0 (before any flush).
+        let zero = QueryCache::query_key("0", read.sql, read.params);
+        cache.set(&zero, b"old", TTL).await.unwrap();
+
+        let first = flushing.try_key(&cache, &read).await.expect("a key");
+        assert_ne!(first, zero, "{server:?}: not generation 0");
+        assert_eq!(
+            flushing.try_key(&cache, &read).await,
+            Some(first.clone()),
+            "{server:?}: the created generation is the one every reader uses"
+        );
+        // The generation key is evicted: a new one, not 0, not the last.
+        backend
+            .delete(&Key::new("query:generation", &[]))
+            .await
+            .unwrap();
+        let second = flushing.try_key(&cache, &read).await.expect("a key");
+        assert_ne!(second, zero, "{server:?}");
+        assert_ne!(generation(&second), generation(&first), "{server:?}");
+    }
+    // A cache that does not answer: no key, the read bypasses.
+    let port = crate::backends::closed_port().await;
+    let down: Arc<dyn CacheBackend> = Arc::new(
+        Memcached::connect(&format!("memcache://127.0.0.1:{port}"), "", TEST_TIMEOUT)
+            .await
+            .unwrap(),
+    );
+    let cache = ReadThrough::new(down, Stampede::None);
+    assert_eq!(flushing.try_key(&cache, &read).await, None);
+    // Without flushing the generation is always 0 and needs no round trip.
+    assert_eq!(
+        QueryCache::default().try_key(&cache, &read).await,
+        Some(zero_key(&read))
+    );
+}
+
+fn zero_key(read: &part3_cache::pattern::Read<'_>) -> Key {
+    part3_cache::pattern::QueryCache::query_key("0", read.sql, read.params)
 }

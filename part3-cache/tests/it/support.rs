@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use common::dataset::{DatasetSpec, Scale};
 use common::testing::{self, TestDatabase};
+use part2_database::articles::Shape;
 use part2_database::schema;
+use part2_database::server::Reads;
 use part3_cache::server::{BackendKind, CacheMode, Part3Config};
+use part3_cache::stampede::Stampede;
 
 pub struct Loaded {
     pub db: TestDatabase,
@@ -94,6 +97,25 @@ pub fn config(l: &Loaded, cache: CacheMode, backend: BackendKind, prefix: &str) 
     config.part2.server.stack.mariadb_replica_url = l.replica_url.clone();
     config.cache = cache;
     config.cache_backend = backend;
+    // Every cache setting explicit, at the server's default unless said:
+    // `try_parse_from` reads the environment (`STAMPEDE=xfetch` or
+    // `QUERY_FLUSH_ON_WRITE=true` exported by a developer, or the lab's
+    // `.env`), which must not change what a test exercises. A test that
+    // wants another value sets it on what this returns.
+    config.stampede = Stampede::Lease;
+    config.cache_ttl_secs = 300;
+    config.cache_jitter = 0.1;
+    config.query_flush_on_write = false;
+    config.cache_max_value_bytes = 512 * 1024;
+    config.cache_file_dir = None;
+    config.cache_file_max_bytes = part3_cache::backend::DEFAULT_MAX_DIR_BYTES;
+    // Part 2's read policy and schema shape too (`READS`, `SHAPE`, ...).
+    config.part2.reads = Reads::Pin;
+    config.part2.shape = Shape::Denormalized;
+    config.part2.pin_window_ms = 2000;
+    config.part2.gtid_wait_ms = 1000;
+    config.part2.replica_max_lag_ms = 1000;
+    config.part2.replica_check_ms = 500;
     // Generous for a loaded debug build: what is tested is hit, miss and
     // bypass, not speed.
     config.cache_timeout_ms = 2000;
@@ -140,6 +162,7 @@ pub struct Got {
     pub status: u16,
     pub x_cache: Option<String>,
     pub content_type: String,
+    pub vary: Option<String>,
     pub body: String,
 }
 
@@ -179,10 +202,12 @@ pub async fn send(
     };
     let x_cache = header("x-cache");
     let content_type = header("content-type").unwrap_or_default();
+    let vary = header("vary");
     Got {
         status: res.status().as_u16(),
         x_cache,
         content_type,
+        vary,
         body: res.text().await.unwrap(),
     }
 }

@@ -34,6 +34,15 @@
 //! `timeout server`, nginx's `proxy_read_timeout`) do not cut a quiet
 //! stream; `X-Accel-Buffering: no` asks nginx not to buffer it.
 //!
+//! **A stream lives at most `EVENTS_MAX_SECS`** (300 s by default), then
+//! ends without a last event. Every open stream is a connection the clone
+//! holds, and a clone stopping for a deploy waits for its open responses:
+//! a job stuck in the queue for an hour must not pin either. The first
+//! event carries `retry: 1000`, so a browser's `EventSource` reconnects a
+//! second after any end that was not `done` or `failed` (the page closes
+//! it on those), and a stream's first event is always the job as it is
+//! now: nothing is missed across a reconnect.
+//!
 //! Polling `GET /jobs/{id}` works as well: the stream is the same answer,
 //! pushed.
 
@@ -64,18 +73,25 @@ struct Poll {
     every: Duration,
     /// The row as read first, sent at once.
     first: Option<Job>,
+    /// When the stream ends, finished or not.
+    until: tokio::time::Instant,
     /// What the last event said.
     last: Option<(JobStatus, u8)>,
     finished: bool,
 }
 
+/// How long a client waits before reconnecting to a stream that ended
+/// early (the `retry` field of the first event).
+pub const RECONNECT: Duration = Duration::from_secs(1);
+
 /// The event stream of `job` (already checked to be the caller's),
-/// reading its row every `every`.
-pub fn stream(store: JobStore, job: Job, every: Duration) -> Response {
+/// reading its row every `every`, for at most `max_life`.
+pub fn stream(store: JobStore, job: Job, every: Duration, max_life: Duration) -> Response {
     let state = Poll {
         store,
         id: job.id.clone(),
         every,
+        until: tokio::time::Instant::now() + max_life,
         first: Some(job),
         last: None,
         finished: false,
@@ -85,9 +101,14 @@ pub fn stream(store: JobStore, job: Job, every: Duration) -> Response {
             return None;
         }
         loop {
-            let job = match st.first.take() {
+            let first = st.first.take();
+            let job = match first {
                 Some(job) => job,
                 None => {
+                    if tokio::time::Instant::now() + st.every > st.until {
+                        // Lived long enough: the client reconnects.
+                        return None;
+                    }
                     tokio::time::sleep(st.every).await;
                     match st.store.get(&st.id).await {
                         Ok(Some(job)) => job,
@@ -115,11 +136,14 @@ pub fn stream(store: JobStore, job: Job, every: Duration) -> Response {
             if st.last == Some(now) {
                 continue;
             }
-            st.last = Some(now);
             st.finished = job.status.is_finished();
-            let event = Event::default()
+            let mut event = Event::default()
                 .event(event_name(job.status))
                 .data(super::view(&job).to_string());
+            if st.last.is_none() {
+                event = event.retry(RECONNECT);
+            }
+            st.last = Some(now);
             return Some((Ok(event), st));
         }
     });

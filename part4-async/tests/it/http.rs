@@ -338,6 +338,28 @@ async fn idempotent_retry(backend: Backend) {
     assert_eq!(bobs.status, 202);
     assert_ne!(bobs.json()["id"], first.json()["id"]);
     assert_eq!(lab.jobs_of_ada().await, 1, "one job row for ada");
+    // Each sees their own list.
+    for (cookie, id) in [
+        (&lab.ada, first.json()["id"].clone()),
+        (&lab.bob, bobs.json()["id"].clone()),
+    ] {
+        let list = send(Method::GET, &lab.url, "/jobs", Some(cookie), None, &[])
+            .await
+            .json();
+        let ids: Vec<&Value> = list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| &j["id"])
+            .collect();
+        assert_eq!(ids, [&id]);
+    }
+    assert_eq!(
+        send(Method::GET, &lab.url, "/jobs", None, None, &[])
+            .await
+            .status,
+        401
+    );
     assert_eq!(lab.waiting().await, 2, "ada's job once, and bob's");
     lab.stop().await;
 }
@@ -374,6 +396,15 @@ async fn concurrent_retries_with_one_key_make_one_job() {
 // ---------------------------------------------------------------------
 // Bad input: a clear 4xx, nothing written, nothing queued.
 
+/// What is wrong, the cookie, the body, extra headers, the status expected.
+type BadCase<'a> = (
+    &'a str,
+    Option<&'a str>,
+    String,
+    Vec<(&'a str, &'a str)>,
+    u16,
+);
+
 async fn bad_input(backend: Backend) {
     let lab = Lab::start(backend, JobsMode::Async, |_| {}).await;
     let long_key = "k".repeat(65);
@@ -381,7 +412,7 @@ async fn bad_input(backend: Backend) {
         r#"{{"kind":"export","params":{{"x":"{}"}}}}"#,
         "a".repeat(4000)
     );
-    let cases: Vec<(&str, Option<&str>, String, Vec<(&str, &str)>, u16)> = vec![
+    let cases: Vec<BadCase> = vec![
         ("not logged in", None, EXPORT.into(), vec![], 401),
         (
             "not JSON",
@@ -635,6 +666,17 @@ async fn events_stream(backend: Backend) {
     let id = got.json()["id"].as_str().unwrap().to_owned();
     let events = read_events(&mut lab, &id, Duration::from_millis(500)).await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let seen: Vec<String> = events
+        .iter()
+        .map(|(n, d)| {
+            format!(
+                "{n}:{}:{}",
+                d["status"].as_str().unwrap_or("?"),
+                d["progress"]
+            )
+        })
+        .collect();
+    println!("{backend:?} events: {seen:?}");
     assert!(events.len() >= 2, "{names:?}");
     assert_eq!(events[0].0, "progress");
     assert_eq!(
@@ -794,5 +836,251 @@ async fn part3s_routes_are_served_too() {
         posted.status,
         posted.body
     );
+    lab.stop().await;
+}
+
+/// A stream lives at most `EVENTS_MAX_SECS`: with 0, the job as it is
+/// now (with the reconnect delay), then the end, though the job is not.
+#[tokio::test]
+async fn an_event_stream_ends_after_its_longest_life() {
+    let lab = Lab::start(Backend::Redis, JobsMode::Async, |c| c.events_max_secs = 0).await;
+    let id = post_job(&lab, EXPORT, &[]).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let got = send(
+        Method::GET,
+        &lab.url,
+        &format!("/jobs/{id}/events"),
+        Some(&lab.ada),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert!(
+        got.body.contains("retry: 1000") || got.body.contains("retry:1000"),
+        "{}",
+        got.body
+    );
+    let events = read_events_now(&lab, &id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "progress");
+    assert_eq!(events[0].1["status"], "queued");
+    lab.stop().await;
+}
+
+// ---------------------------------------------------------------------
+// The binaries, as `./lab` will run them.
+
+/// A port free now (bound, then released: good enough for a test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `part4-server` and `part4-worker` processes, configured by environment
+/// variables only: a job posted to the server is done by the worker.
+async fn binaries(backend: Backend) {
+    let db = Db::new().await;
+    let stack = testing::stack();
+    let queue_config = support::config(backend);
+    let prefix = testing::unique_name("p4b");
+    let port = free_port();
+    let replica = common::config::with_database(&stack.mariadb_replica_url, &db.db.name);
+    let env = |cmd: &mut tokio::process::Command| {
+        cmd.env("MARIADB_PRIMARY_URL", &db.db.url)
+            .env("MARIADB_REPLICA_URL", &replica)
+            .env("QUEUE", backend.as_str())
+            .env("QUEUE_NAME", &queue_config.queue_name)
+            .env("JOB_MIN_MS", "0")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+    };
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_part4-server"));
+    env(&mut server);
+    server
+        .env("PORT", port.to_string())
+        .env("KEY_PREFIX", &prefix)
+        .env("CLONE_ID", "bin-test-clone")
+        .env("JOBS", "async");
+    let mut server = server.spawn().expect("the part4-server binary runs");
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_part4-worker"));
+    env(&mut worker);
+    worker.env("WORKER_NAME", "bin-test-worker");
+    let mut worker = worker.spawn().expect("the part4-worker binary runs");
+
+    let url = format!("http://127.0.0.1:{port}");
+    support::eventually("the server answering", || async {
+        let ok = part1_clones::client::http()
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        ok.then_some(())
+    })
+    .await;
+    let ada = cookie_for(&prefix, 1, "ada").await;
+    let got = send(Method::POST, &url, "/jobs", Some(&ada), Some(EXPORT), &[]).await;
+    assert_eq!(got.status, 202, "{}", got.body);
+    let id = got.json()["id"].as_str().unwrap().to_owned();
+    let done = support::eventually("the job done by the worker process", || async {
+        let v = send(
+            Method::GET,
+            &url,
+            &format!("/jobs/{id}"),
+            Some(&ada),
+            None,
+            &[],
+        )
+        .await
+        .json();
+        (v["status"] == "done").then_some(v)
+    })
+    .await;
+    let result = send(
+        Method::GET,
+        &url,
+        done["result_url"].as_str().unwrap(),
+        Some(&ada),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(result.json()["counts"]["articles"], 3);
+
+    for child in [&mut server, &mut worker] {
+        let pid = child.id().unwrap() as i32;
+        // SIGTERM, as `./lab stop` sends it: both exit 0.
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(DEADLINE, child.wait())
+            .await
+            .expect("stops on SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+    AnyQueue::connect(&queue_config, &stack)
+        .await
+        .unwrap()
+        .destroy()
+        .await
+        .unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_the_server_and_worker_binaries_do_a_job() {
+    binaries(Backend::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn redis_the_server_and_worker_binaries_do_a_job() {
+    binaries(Backend::Redis).await;
+}
+
+/// The broker goes away (its port refuses, as a stopped RabbitMQ does):
+/// `POST /jobs` answers 503 with `Retry-After`, writes no row and queues
+/// nothing; when it is back, the clone's publisher reconnects by itself
+/// and jobs are accepted again, without a restart.
+#[tokio::test]
+async fn rabbitmq_down_gives_a_clear_503_and_the_clone_reconnects() {
+    let stack = testing::stack();
+    let rest = stack
+        .rabbitmq_url
+        .split_once("://")
+        .map_or(stack.rabbitmq_url.as_str(), |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let target = rest.split(['/', '?']).next().unwrap().to_owned();
+    let proxy = testing::ChaosProxy::start(&target).await.unwrap();
+    let through = proxy.url_for(&stack.rabbitmq_url);
+    let lab = Lab::start(Backend::RabbitMq, JobsMode::Async, |c| {
+        c.part3.part2.server.stack.rabbitmq_url = through;
+    })
+    .await;
+    assert_eq!(post_job(&lab, EXPORT, &[]).await.status, 202);
+
+    proxy.refuse();
+    for key in [None, Some("while-down")] {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        let got = post_job(&lab, EXPORT, &headers).await;
+        assert_eq!(got.status, 503, "{}", got.body);
+        assert!(got.header("retry-after").is_some());
+        assert!(
+            got.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was queued"),
+            "{}",
+            got.body
+        );
+    }
+    assert_eq!(lab.jobs_of_ada().await, 1, "no row for the refused jobs");
+
+    proxy.restore();
+    let accepted = support::eventually("a job accepted after the broker is back", || async {
+        let got = post_job(&lab, EXPORT, &[("idempotency-key", "while-down")]).await;
+        assert!(got.status == 202 || got.status == 503, "{}", got.body);
+        (got.status == 202).then_some(got)
+    })
+    .await;
+    assert_eq!(
+        accepted.header("idempotent-replayed"),
+        None,
+        "a new job: the refused one left nothing"
+    );
+    assert_eq!(lab.jobs_of_ada().await, 2);
+    assert_eq!(
+        lab.waiting().await,
+        2,
+        "both accepted jobs queued, nothing else"
+    );
+    lab.stop().await;
+}
+
+/// `--jobs sync` and a client that gives up before the job is done (its
+/// timeout is shorter than the job's stated minimum): the job still
+/// finishes, once, and the retry with the same key gets its result.
+#[tokio::test]
+async fn a_sync_job_whose_client_gave_up_still_finishes_once() {
+    let lab = Lab::start(Backend::Redis, JobsMode::Sync, |c| c.job_min_ms = 1500).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/jobs", lab.url))
+        .header("cookie", &lab.ada)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "impatient")
+        .body(EXPORT)
+        .send()
+        .await;
+    assert!(
+        gave_up.is_err(),
+        "the client gave up before the job was done"
+    );
+    let job = support::eventually("the abandoned request's job done", || async {
+        let list = send(Method::GET, &lab.url, "/jobs", Some(&lab.ada), None, &[])
+            .await
+            .json();
+        let job = list["jobs"][0].clone();
+        (job["status"] == "done").then_some(job)
+    })
+    .await;
+    let retry = post_job(&lab, EXPORT, &[("idempotency-key", "impatient")]).await;
+    assert_eq!(retry.status, 200, "{}", retry.body);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.header("x-job-id"), job["id"].as_str());
+    assert_eq!(retry.json()["counts"]["articles"], 3);
+    assert_eq!(lab.jobs_of_ada().await, 1);
+    let id: JobId = job["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(lab.db.store.effects(&id).await.unwrap(), 1);
     lab.stop().await;
 }
