@@ -1,5 +1,8 @@
-//! The patterns of experiments 2 to 4, as counted tests against the real
-//! stack (Memcached and MariaDB; `./lab up` starts them): the query cache
+//! The patterns of experiments 1 to 4, as counted tests against the real
+//! stack (Memcached and MariaDB; `./lab up` starts them): with no cache
+//! every read costs MariaDB an assembly (its own `Com_select`), with
+//! cached objects one load serves every read until a write (the clone's
+//! own count of loads), the query cache
 //! serves a stale article after a comment, the object cache serves it
 //! fresh, flush-on-write turns the next read into a miss, a file cache on
 //! each server's disk leaves the other server's copy stale, and the guard
@@ -248,4 +251,84 @@ async fn the_mariadb_query_cache_guard_puts_the_settings_back_on_every_path() {
         .await
         .unwrap();
     assert_eq!(inside, on);
+}
+
+/// `Com_select` on the primary plus the replica: the SELECTs both servers
+/// ran, by their own counters (global: other tests add to it, never take
+/// away, so a delta is at least what this test caused).
+async fn com_select(l: &Loaded) -> u64 {
+    let mut total = 0;
+    for pool in [
+        &l.db.pool,
+        &testing::mariadb_at("MariaDB replica", &l.replica_url)
+            .await
+            .unwrap(),
+    ] {
+        let (_, v): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Com_select'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        total += v.parse::<u64>().unwrap();
+    }
+    total
+}
+
+/// The clone's own count of database loads (`GET /cache/stats`).
+async fn loads(app: &support::App) -> u64 {
+    get(&app.url, "/cache/stats", None).await.json()["loads"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn without_a_cache_every_read_costs_the_database_an_assembly() {
+    // Experiment 1: what a read costs with no cache, counted by MariaDB.
+    let l = support::loaded().await;
+    let (app, _) = one(&l, CacheMode::None, false).await;
+    let id = hot(&l)[0];
+    let before = com_select(&l).await;
+    for _ in 0..5 {
+        let got = get(&app.url, &format!("/articles/{id}"), None).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.x(), "bypass");
+    }
+    let ran = com_select(&l).await - before;
+    assert!(
+        ran >= 5 * 3,
+        "5 reads of part 2's article (3 SELECTs each) ran at least 15 SELECTs; MariaDB counted {ran}"
+    );
+    l.db.drop_database().await;
+}
+
+#[tokio::test]
+async fn with_cached_objects_one_load_serves_every_read_until_a_write() {
+    // Experiment 3: the database work the object cache saves, counted by
+    // the clone (its loads) and by the X-Cache answers.
+    let l = support::loaded().await;
+    let (app, cookie) = one(&l, CacheMode::Object, false).await;
+    let id = hot(&l)[1];
+    let first = loads(&app).await;
+    let mut hits = 0;
+    for _ in 0..10 {
+        let got = get(&app.url, &format!("/articles/{id}"), None).await;
+        hits += usize::from(got.x() == "hit");
+    }
+    assert_eq!(loads(&app).await - first, 1, "ten reads, one assembly");
+    assert_eq!(hits, 9);
+    let posted = post(
+        &app.url,
+        &format!("/articles/{id}/comments"),
+        &cookie,
+        json!({"body": "counted"}),
+    )
+    .await;
+    assert_eq!(posted.status, 201);
+    let got = get(&app.url, &format!("/articles/{id}"), None).await;
+    assert_eq!(got.x(), "miss", "the comment deleted the object");
+    assert_eq!(
+        loads(&app).await - first,
+        2,
+        "the write cost one more assembly"
+    );
+    l.db.drop_database().await;
 }
