@@ -19,7 +19,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::StackConfig;
-use crate::results::Kind;
+use crate::measure::{Load, LoadReport};
+use crate::results::{Kind, PartResults};
 
 /// The arguments every demo takes; flatten them with `#[command(flatten)]`.
 #[derive(clap::Args, Debug, Clone)]
@@ -67,6 +68,32 @@ pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A headline load run, measured `repeat` times: prints each run with its
+/// kind and records the median with its spread in `results` (what each
+/// part's `Demo::load_runs` does).
+pub async fn load_runs<F, Fut>(
+    results: &mut PartResults,
+    repeat: u32,
+    kind: Kind,
+    comparison: &str,
+    name: &str,
+    load: Load,
+    request: F,
+) -> Vec<LoadReport>
+where
+    F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut runs = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let report = crate::measure::run_load(name, load, request.clone()).await;
+        figure(kind, report.line());
+        runs.push(report);
+    }
+    results.load_runs(kind, comparison, &runs);
+    runs
 }
 
 #[cfg(test)]

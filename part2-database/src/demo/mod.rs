@@ -54,7 +54,7 @@ use clap::Parser;
 use common::config::with_database;
 use common::dataset::{DatasetSpec, Scale};
 use common::demo::lesson;
-use common::measure::{self, Load, LoadReport};
+use common::measure::{Load, LoadReport};
 use common::results::{Kind, PartResults};
 use sqlx::MySqlPool;
 
@@ -142,14 +142,17 @@ impl Demo {
         F: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        let mut runs = Vec::new();
-        for _ in 0..self.args.demo.repeat {
-            let report = measure::run_load(name, load, request.clone()).await;
-            common::demo::figure(kind, report.line());
-            runs.push(report);
-        }
-        self.results.load_runs(kind, comparison, &runs);
-        runs
+        let repeat = self.args.demo.repeat;
+        common::demo::load_runs(
+            &mut self.results,
+            repeat,
+            kind,
+            comparison,
+            name,
+            load,
+            request,
+        )
+        .await
     }
 }
 
