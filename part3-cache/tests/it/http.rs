@@ -173,22 +173,7 @@ async fn the_feed_from_objects_equals_the_join_and_a_post_shows_at_once() {
     assert_eq!(warm.json(), expected);
 
     // A friend posts: only their `recent` object is deleted.
-    let friend: u64 =
-        sqlx::query_scalar("SELECT friend_id FROM friendships WHERE user_id = ? LIMIT 1")
-            .bind(uid)
-            .fetch_one(&l.db.pool)
-            .await
-            .unwrap();
-    let (fid, fname) = user(&l, friend).await;
-    let poster = cookie_for(&prefix, fid, &fname).await;
-    let posted = post(
-        &b.url,
-        "/articles",
-        &poster,
-        json!({"title": "fresh", "body": "news"}),
-    )
-    .await;
-    assert_eq!(posted.status, 201, "{}", posted.body);
+    let posted = support::a_friend_posts(&l, &prefix, uid, &b.url).await;
     let new_id = posted.json()["id"].as_u64().unwrap();
     let after = get(&a.url, "/feed", Some(&cookie)).await;
     assert_eq!(after.x(), "miss", "one author's object was reloaded");

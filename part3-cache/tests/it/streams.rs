@@ -246,22 +246,7 @@ async fn the_feed_of_a_user_with_few_friends_equals_the_sql_and_shows_a_post() {
     let warm = get(&b.url, "/feed", Some(&cookie)).await;
     assert_eq!((warm.x(), warm.json()), ("hit", expected));
 
-    let friend: u64 =
-        sqlx::query_scalar("SELECT friend_id FROM friendships WHERE user_id = ? LIMIT 1")
-            .bind(uid)
-            .fetch_one(&l.db.pool)
-            .await
-            .unwrap();
-    let (fid, fname) = user(&l, friend).await;
-    let poster = cookie_for(&prefix, fid, &fname).await;
-    let posted = post(
-        &a.url,
-        "/articles",
-        &poster,
-        json!({"title": "t", "body": "b"}),
-    )
-    .await;
-    assert_eq!(posted.status, 201, "{}", posted.body);
+    let posted = support::a_friend_posts(&l, &prefix, uid, &a.url).await;
     let after = get(&b.url, "/feed", Some(&cookie)).await;
     assert_eq!(after.x(), "miss");
     assert_eq!(after.json()[0]["id"], posted.json()["id"]);

@@ -257,3 +257,25 @@ pub async fn user(l: &Loaded, id: u64) -> (u64, String) {
         .unwrap();
     (id, name)
 }
+
+/// One of `uid`'s friends posts an article through `base`: the answer
+/// (201 with the new article's id).
+pub async fn a_friend_posts(l: &Loaded, prefix: &str, uid: u64, base: &str) -> Got {
+    let friend: u64 =
+        sqlx::query_scalar("SELECT friend_id FROM friendships WHERE user_id = ? LIMIT 1")
+            .bind(uid)
+            .fetch_one(&l.db.pool)
+            .await
+            .unwrap();
+    let (fid, fname) = user(l, friend).await;
+    let poster = cookie_for(prefix, fid, &fname).await;
+    let posted = post(
+        base,
+        "/articles",
+        &poster,
+        serde_json::json!({"title": "fresh", "body": "news"}),
+    )
+    .await;
+    assert_eq!(posted.status, 201, "{}", posted.body);
+    posted
+}
