@@ -547,32 +547,32 @@ impl JobStore {
     /// An attempt failed and the job will be tried again: back to
     /// `queued`, with the reason.
     pub async fn retrying(&self, id: &JobId, reason: &str) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE jobs SET status = 'queued', error = ?, updated_at = ? \
-             WHERE id = ? AND status IN ('queued', 'running')",
-        )
-        .bind(clip(reason))
-        .bind(now_ms())
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await
-        .with_context(|| format!("recording job {id}'s failed attempt"))?;
-        Ok(())
+        self.unfinished_to(id, "queued", reason)
+            .await
+            .with_context(|| format!("recording job {id}'s failed attempt"))
     }
 
     /// The job is given up: `failed`, with the reason (a finished job is
     /// left as it is).
     pub async fn fail(&self, id: &JobId, reason: &str) -> anyhow::Result<()> {
+        self.unfinished_to(id, "failed", reason)
+            .await
+            .with_context(|| format!("marking job {id} failed"))
+    }
+
+    /// Moves a job that is not finished (`queued` or `running`) to
+    /// `status`, with `reason` as its error.
+    async fn unfinished_to(&self, id: &JobId, status: &str, reason: &str) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE jobs SET status = 'failed', error = ?, updated_at = ? \
+            "UPDATE jobs SET status = ?, error = ?, updated_at = ? \
              WHERE id = ? AND status IN ('queued', 'running')",
         )
+        .bind(status)
         .bind(clip(reason))
         .bind(now_ms())
         .bind(id.as_str())
         .execute(&self.pool)
-        .await
-        .with_context(|| format!("marking job {id} failed"))?;
+        .await?;
         Ok(())
     }
 
