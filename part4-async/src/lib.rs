@@ -73,7 +73,11 @@
 //! The baked pages and nginx, the browser page and its test, the demo and
 //! the benches come next; the demo still records this part as not built.
 
+pub mod bake;
+pub mod changes;
+pub mod demo;
 pub mod export;
+pub mod fanout;
 pub mod job;
 pub mod queue;
 pub mod server;

@@ -116,6 +116,7 @@
 //! ```
 
 pub mod events;
+pub mod page;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -382,6 +383,7 @@ impl AppPart for JobsLayer {
             .route("/jobs/{id}/result", get(result::<S>))
             .route("/jobs/{id}/events", get(events::<S>))
             .with_state(ctx)
+            .merge(page::routes())
             .merge(self.inner.routes(app))
     }
 

@@ -1,0 +1,1 @@
+//! Way 1, do it in advance: the baker (being built).

@@ -1,0 +1,1 @@
+//! What a committed write changed, queued for the workers (being built).

@@ -1,0 +1,1 @@
+//! Part 4's demo (being built).

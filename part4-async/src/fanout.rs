@@ -1,0 +1,1 @@
+//! Precomputed activity streams: fan-out on write (being built).
