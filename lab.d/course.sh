@@ -4,9 +4,9 @@
 # test suite and the benches. Sourced by ./lab.
 #
 # The app tier's state lives in .lab/run: app.part, app.bin, app.clones,
-# app.build, app.env (the variant: SESSIONS=..., READS=...), and one
-# cloneN.info per clone saying what that clone was started as. `./lab down`
-# removes them all.
+# app.workers (part 4), app.build, app.env (the variant: SESSIONS=...,
+# READS=...), and one NAME.info per clone, worker and baker saying what it
+# was started as. `./lab down` removes them all.
 
 # ---------------------------------------------------------------- app tier
 
@@ -16,7 +16,7 @@ part_crate() {
     part1) echo part1-clones ;;
     part2) echo part2-database ;;
     part3) echo part3-cache ;;
-    part4) die "$1's app tier is not built yet: see its issue. Parts with an app tier: part1, part2, part3." ;;
+    part4) echo part4-async ;;
     *) die "unknown part '$1': use part1, part2, part3 or part4" ;;
     esac
 }
@@ -32,8 +32,8 @@ app_binary() { # part -> builds the part's bins, sets PART_BIN and LOAD_BIN
     (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p "$crate" --bins) || die "building $crate failed"
     PART_BIN=$ROOT/target/$PROFILE/$part-server
     local loader=$part load_crate=$crate
-    # Part 3 serves part 2's dataset: part2-load loads it, as for part 2.
-    if [[ $part == part3 ]]; then
+    # Parts 3 and 4 serve part 2's dataset: part2-load loads it, as for part 2.
+    if [[ $part == part3 || $part == part4 ]]; then
         loader=part2 load_crate=part2-database
         # shellcheck disable=SC2046 # the flag is one word or none
         (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p part2-database --bin part2-load) || die "building part2-load failed"
@@ -41,7 +41,18 @@ app_binary() { # part -> builds the part's bins, sets PART_BIN and LOAD_BIN
     LOAD_BIN=$ROOT/target/$PROFILE/$loader-load
     [[ -x $LOAD_BIN ]] ||
         die "$loader-load is missing from target/$PROFILE: it loads $part's dataset before the clones start. Build it with: cargo build $(cargo_profile_flag) -p $load_crate --bin $loader-load"
+    # Part 4's other processes come from the same build as its server.
+    local bin
+    for bin in $(part_extra_bins "$part"); do
+        [[ -x $ROOT/target/$PROFILE/$bin ]] ||
+            die "$bin is missing from target/$PROFILE after building $crate: ./lab up $part runs it beside the clones (see $crate's src/bin)"
+    done
 }
+part_extra_bins() { [[ $1 != part4 ]] || echo part4-worker part4-bake; }
+
+# Part 4's baked pages: the directory part4-bake and the workers write and
+# nginx serves (its root). Absolute: the processes do not run from ROOT.
+bake_dir() { echo "$DATA/nginx/html"; }
 
 # Loads the part's dataset (idempotent: a no-op when that scale is loaded).
 run_load() { # part
@@ -79,21 +90,79 @@ variant_words() { # "SESSIONS=memory READS=naive" or "default"
 
 app_build() { cat "$RUN/app.build" 2>/dev/null || echo "${LAB_BUILD:-dev}"; }
 
-start_clone() {
+# Starts one process of the app tier (a clone, a worker, the baker) with
+# the tier's variant, and writes NAME.info saying what it runs.
+spawn_app() { # name extra-env... -- command...
     local name=$1 v env=()
-    [[ -f $RUN/app.bin ]] || die "no app tier has been started: ./lab up part1 (or part2, part3)"
+    shift
+    [[ -f $RUN/app.bin ]] || die "no app tier has been started: ./lab up part1 (or part2, part3, part4)"
     remember_variant
     for v in "${!VARIANT[@]}"; do env+=("$v=${VARIANT[$v]}"); done
-    # The same binary and configuration for every clone, as from one image;
-    # only the id and port differ.
-    spawn "$name" env "${env[@]}" CLONE_ID="$name" PORT="$(port_of "$name")" LAB_BUILD="$(app_build)" \
-        "$(cat "$RUN/app.bin")"
+    while [[ $1 != -- ]]; do
+        env+=("$1")
+        shift
+    done
+    shift
+    spawn "$name" env "${env[@]}" PORT="$(port_of "$name")" LAB_BUILD="$(app_build)" BAKE_DIR="$(bake_dir)" "$@"
     {
         echo "part=$(cat "$RUN/app.part")"
         echo "variant=$(variant_words)"
         echo "build=$(app_build)"
         echo "profile=$(basename "$(dirname "$(cat "$RUN/app.bin")")")"
     } >"$RUN/$name.info"
+}
+
+# The same binary and configuration for every clone, as from one image;
+# only the id and port differ.
+start_clone() { spawn_app "$1" CLONE_ID="$1" -- "$(cat "$RUN/app.bin")"; }
+
+# A binary of the tier's build other than its server (part4-worker, part4-bake).
+app_sibling() { echo "$(dirname "$(cat "$RUN/app.bin")")/$1"; }
+part4_only() { # name
+    [[ $(cat "$RUN/app.part" 2>/dev/null) == part4 ]] ||
+        die "$1 belongs to part 4's app tier, and part 4 is not running: ./lab up part4"
+}
+
+# Part 4's workers: the same binary for each, named after the service
+# (worker1, ...: the name in the jobs' rows and the logs).
+start_worker() {
+    part4_only "$1"
+    local n
+    n=$(cat "$RUN/app.workers" 2>/dev/null || echo 0)
+    ((${1#worker} <= n)) || die "part 4 runs $n workers (worker1..worker$n): LAB_WORKERS=${1#worker} ./lab up part4 for more"
+    spawn_app "$1" WORKER_NAME="$1" -- "$(app_sibling part4-worker)"
+}
+
+# Part 4's baker: re-bakes every page every BAKE_INTERVAL_SECS (what the
+# workers' re-bakes on events miss).
+bake_interval() {
+    local s=${VARIANT[BAKE_INTERVAL_SECS]:-${BAKE_INTERVAL_SECS:-300}}
+    [[ $s =~ ^[0-9]+$ ]] && ((s > 0)) ||
+        die "BAKE_INTERVAL_SECS must be a whole number of seconds above 0 for the lab's baker (0 means bake once and exit), not '$s'"
+    echo "$s"
+}
+start_baker() {
+    local interval
+    part4_only baker
+    remember_variant
+    interval=$(bake_interval) || exit 1
+    # bake_once baked the tree just before: the first full re-bake waits one interval.
+    spawn_app baker -- "$(app_sibling part4-bake)" --interval-secs "$interval" --first-bake-after-secs "$interval"
+}
+
+# Every page baked once, before the clones serve part 4: nginx has the
+# tree from the start. Skipped when the baker runs already (it keeps the
+# tree baked).
+bake_once() {
+    local t0 v env=()
+    clone_current baker && return 0
+    t0=$(now_us)
+    say "part4-bake --once: every article and author page into $(bake_dir)"
+    remember_variant
+    for v in "${!VARIANT[@]}"; do env+=("$v=${VARIANT[$v]}"); done
+    (cd "$ROOT" && env "${env[@]}" BAKE_DIR="$(bake_dir)" "$(app_sibling part4-bake)" --once) ||
+        die "part4-bake --once failed (its output is above)"
+    say "baked in $(since "$t0")s"
 }
 
 clone_field() { # clone field
@@ -109,6 +178,9 @@ app_services() {
     n=$(cat "$RUN/app.clones" 2>/dev/null || echo 0)
     [[ -f $RUN/app.part ]] || return 0
     for ((i = 1; i <= n; i++)); do echo "clone$i"; done
+    n=$(cat "$RUN/app.workers" 2>/dev/null || echo 0)
+    for ((i = 1; i <= n; i++)); do echo "worker$i"; done
+    ((n == 0)) || echo baker
     echo haproxy
 }
 
@@ -139,7 +211,7 @@ replace_clone() { # clone
     die "HAProxy does not route to $name ${DEADLINE}s after it started: ./lab logs $name"
 }
 
-# Does the running clone match the tier as it should now be?
+# Does the running clone (worker, baker) match the tier as it should now be?
 clone_current() { # clone
     running "$1" &&
         [[ $(clone_field "$1" part) == "$(cat "$RUN/app.part")" ]] &&
@@ -148,17 +220,25 @@ clone_current() { # clone
 }
 
 app_up() {
-    local part=$1 i n old
+    local part=$1 i n old workers=0 old_workers
     # Part 2's first load takes about a minute at the default scale.
-    [[ $part != part2 && $part != part3 ]] || local DEADLINE=$((DEADLINE > 300 ? DEADLINE : 300))
+    [[ $part != part2 && $part != part3 && $part != part4 ]] || local DEADLINE=$((DEADLINE > 300 ? DEADLINE : 300))
+    if [[ $part == part4 ]]; then
+        # worker1..9 on 18181..18189: 18190 is the baker's.
+        [[ $WORKERS =~ ^[1-9]$ ]] || die "LAB_WORKERS must be 1 to 9 (worker<N> answers /health on 18180+N, the baker on 18190), not '$WORKERS'"
+        workers=$WORKERS
+    fi
     app_binary "$part"
     run_load "$part"
     mkdir -p "$RUN"
     old=$(cat "$RUN/app.clones" 2>/dev/null || echo 0)
+    old_workers=$(cat "$RUN/app.workers" 2>/dev/null || echo 0)
     echo "$PART_BIN" >"$RUN/app.bin"
     echo "$part" >"$RUN/app.part"
     echo "$CLONES" >"$RUN/app.clones"
+    echo "$workers" >"$RUN/app.workers"
     remember_variant
+    [[ $part != part4 ]] || bake_once
     STARTED=()
     if ((old != CLONES)) && running haproxy; then
         # Another clone count: HAProxy's server list changes. Its master
@@ -191,6 +271,7 @@ app_up() {
         stop_one "clone$i"
         rm -f "$RUN/clone$i.info"
     done
+    workers_up "$workers" "$old_workers"
     # HAProxy routes only once its first health checks pass.
     for ((i = 0; i < DEADLINE * 10; i++)); do
         if http_ok "$(port_of haproxy)" /health; then
@@ -200,6 +281,36 @@ app_up() {
         sleep 0.1
     done
     die "HAProxy never answered GET /health with 200: see ./lab logs haproxy and ./lab logs clone1"
+}
+
+# Part 4's workers and baker, as the tier now is: a worker or baker that
+# runs something else (another part's build, variant or profile) is
+# restarted (SIGTERM: a worker finishes or returns its job first); those
+# past the count, or all of them for parts 1 to 3, are stopped.
+workers_up() { # workers old_workers
+    local n=$1 old=$2 i name started=()
+    for ((i = 1; i <= n; i++)); do
+        clone_current "worker$i" && continue
+        stop_one "worker$i"
+        launch "worker$i"
+        started+=("worker$i")
+    done
+    if ((n > 0)) && ! clone_current baker; then
+        stop_one baker
+        launch baker
+        started+=(baker)
+    fi
+    for name in "${started[@]}"; do wait_service "$name"; done
+    ((${#started[@]} == 0)) || say "started ${started[*]} ($(variant_words), $PROFILE build)"
+    for ((i = n + 1; i <= old; i++)); do
+        stop_one "worker$i"
+        rm -f "$RUN/worker$i.info"
+    done
+    if ((n == 0)); then
+        stop_one baker
+        rm -f "$RUN/baker.info"
+    fi
+    return 0
 }
 
 cmd_roll() {
@@ -217,6 +328,15 @@ cmd_roll() {
         # new ones on the others until the clone is back.
         replace_clone "clone$i"
         say "clone$i now runs $build ($(variant_words))"
+    done
+    # Part 4's workers and baker: one at a time too (the queue holds the
+    # jobs meanwhile; a stopped worker finishes or returns its job).
+    local name
+    for name in $(app_services); do
+        [[ $name == worker* || $name == baker ]] || continue
+        stop_one "$name"
+        launch "$name"
+        wait_service "$name"
     done
     say "rolled $n clones to $build"
 }
@@ -296,7 +416,7 @@ cmd_test() {
     say "docker-compose config"
     local profile
     docker-compose -f docker-compose.yml config -q
-    for profile in part1 part2 part3; do
+    for profile in part1 part2 part3 part4; do
         docker-compose -f docker-compose.yml --profile "$profile" config -q
     done
     say "all checks passed"

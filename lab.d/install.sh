@@ -44,7 +44,26 @@ install() {
     command -v shellcheck >/dev/null || missing+=(shellcheck)
     command -v wrk >/dev/null || missing+=(wrk)
     command -v curl >/dev/null || missing+=(curl)
+    # Part 4's browser test drives Debian's chromium through its
+    # chromedriver (/usr/bin/chromium, /usr/bin/chromedriver): no browser
+    # is ever downloaded.
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
+    # The live view (issue 10): Prometheus and the exporters Debian ships.
+    # Optional: one this Debian lacks is skipped, and the live view goes
+    # without it (Memcached has none in Debian: its numbers come from the app).
+    local pkg monitor=()
+    for pkg in prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-blackbox-exporter; do
+        command -v "$pkg" >/dev/null || monitor+=("$pkg")
+    done
+    # All at once; if that fails (one of them is not in this Debian), each
+    # on its own, so the others still come.
+    if ((${#monitor[@]})) && ! apt_install "${monitor[@]}"; then
+        for pkg in "${monitor[@]}"; do
+            apt_install "$pkg" || say "$pkg could not be installed: the live view goes without it"
+        done
+    fi
     find_rabbit || die "rabbitmq-server is installed but its sbin directory was not found under /usr/lib/rabbitmq/lib"
 
     # Debian has no MongoDB server: SecantusDB speaks its wire protocol.
@@ -82,8 +101,13 @@ version_of() {
     case $key in
     mariadb-*) key=mariadb ;;
     mongo) key=mongo-wire ;;
-    clone*)
+    clone* | worker* | baker)
         clone_field "$key" build
+        return
+        ;;
+    prometheus | *-exporter | mysqld-exporter-*)
+        # The live view's: the Debian package's version (package = binary).
+        dpkg-query -W -f='${Version}' "$(monitor_binary "$key")" 2>/dev/null | sed 's/+.*//'
         return
         ;;
     esac

@@ -23,6 +23,9 @@ http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@" || tru
 selftest() {
     local t0=$SECONDS
     selftest_haproxy_template
+    selftest_nginx_template
+    selftest_names
+    selftest_live
     selftest_redis_persists
     selftest_recovery_loop
 
@@ -57,6 +60,55 @@ selftest_haproxy_template() {
     haproxy -c -q -f "$f" || fail "HAProxy refuses the lab's rendering: $f"
     rm -f "$f"
     check "HAProxy accepts the rendered config"
+}
+
+selftest_nginx_template() {
+    diff -u "$ROOT/compose/nginx/default.conf" <(render_nginx_site compose) >&2 ||
+        fail "compose/nginx/default.conf differs from lab.d/nginx-site.conf.in's rendering: ./lab nginx-cfg compose > compose/nginx/default.conf"
+    check "compose/nginx/default.conf is the rendering of lab.d/nginx-site.conf.in"
+    local d
+    d=$(mktemp -d)
+    mkdir -p "$d/nginx/tmp" "$d/logs"
+    (
+        DATA=$d LOGS=$d/logs
+        nginx_conf >"$d/nginx.conf"
+        nginx -t -q -p "$d/nginx" -c "$d/nginx.conf"
+    ) || fail "nginx refuses the lab's rendering: $d/nginx.conf"
+    rm -rf "$d"
+    check "nginx accepts the rendered config (baked pages, fallthrough to HAProxy)"
+}
+
+# The names ./lab start/stop/logs take, and their ports (README's table).
+selftest_names() {
+    local name want
+    for name in clone1:18081 clone3:18083 worker1:18181 worker2:18182 worker9:18189 baker:18190; do
+        want=${name#*:} name=${name%%:*}
+        is_service "$name" || fail "./lab does not know the service '$name'"
+        [[ $(port_of "$name") == "$want" ]] || fail "$name should be on port $want, port_of says $(port_of "$name")"
+    done
+    for name in worker clone bakers worker1x; do
+        ! is_service "$name" || fail "./lab takes '$name' for a service"
+    done
+    check "clone<N>, worker<N> and baker resolve to their ports (18080+N, 18180+N, 18190)"
+}
+
+# The live view (issue 10): Prometheus accepts the rendered scrape config,
+# and nginx serves the page and passes its /api/ to Prometheus.
+selftest_live() {
+    if ! command -v promtool >/dev/null; then
+        check "live view not checked: Debian's prometheus is not installed"
+        return 0
+    fi
+    local f live
+    f=$(mktemp)
+    render_prometheus >"$f"
+    promtool check config "$f" >/dev/null 2>&1 || fail "promtool refuses the rendered scrape config: $f"
+    rm -f "$f"
+    live=http://127.0.0.1:$(port_of live)
+    [[ $(http_status "$live/") == 200 ]] || fail "the live page is not served on $live/: ./lab up, ./lab logs nginx"
+    [[ $(curl -s --max-time 10 "$live/api/v1/query?query=up") == *'"status":"success"'* ]] ||
+        fail "the live page's $live/api/ does not reach Prometheus: ./lab status, ./lab logs prometheus"
+    check "the live view: Prometheus takes its scrape config; $live/ serves the page and its /api/"
 }
 
 selftest_redis_persists() {

@@ -14,6 +14,9 @@ start_service() {
     nginx) start_nginx ;;
     haproxy) start_haproxy ;;
     clone*) start_clone "$name" ;;
+    worker*) start_worker "$name" ;;
+    baker) start_baker ;;
+    redis-exporter | mysqld-exporter-* | blackbox-exporter | prometheus) start_monitor "$name" ;;
     esac
 }
 
@@ -189,10 +192,14 @@ rabbit_env() {
 start_rabbitmq() {
     local d=$DATA/rabbitmq
     mkdir -p "$d/home" "$d/mnesia" "$LOGS/rabbitmq"
-    [[ -f $d/rabbitmq.conf ]] || echo "log.console = false" >"$d/rabbitmq.conf"
+    # Written at every start: the live view's rabbitmq_prometheus plugin
+    # (issue 10) serves /metrics on 127.0.0.1 on a port of the lab's, not
+    # its default 15692. A broker already running takes it at its next start.
+    printf '%s\n' "log.console = false" \
+        "prometheus.tcp.ip = 127.0.0.1" "prometheus.tcp.port = $(port_of rabbitmq-metrics)" >"$d/rabbitmq.conf"
     touch "$d/rabbitmq-env.conf"
     [[ -f $d/advanced.config ]] || echo "[]." >"$d/advanced.config"
-    [[ -f $d/enabled_plugins ]] || echo "[]." >"$d/enabled_plugins"
+    echo "[rabbitmq_prometheus]." >"$d/enabled_plugins"
     (
         rabbit_env
         # Our own epmd, on our own port and pid, so `down` can stop it.
@@ -210,11 +217,11 @@ start_mongo() {
         --storage-path "$DATA/mongo/data" --log-level WARNING
 }
 
-start_nginx() {
+# nginx: the lab's http block around the site of lab.d/nginx-site.conf.in
+# (the baked pages of part 4, everything else to HAProxy).
+nginx_conf() {
     local d=$DATA/nginx
-    mkdir -p "$d/html" "$d/logs" "$d/tmp"
-    [[ -f $d/html/index.html ]] || echo "<p>lab nginx: part 4 writes its precomputed pages here.</p>" >"$d/html/index.html"
-    cat >"$d/nginx.conf" <<EOF
+    cat <<EOF
 daemon off;
 worker_processes 1;
 pid $d/nginx.pid;
@@ -227,16 +234,84 @@ http {
     fastcgi_temp_path $d/tmp/fastcgi;
     uwsgi_temp_path $d/tmp/uwsgi;
     scgi_temp_path $d/tmp/scgi;
-    types { text/html html; text/css css; application/json json; }
+    types { text/html html; text/css css; application/javascript js; application/json json; }
     default_type application/octet-stream;
-    server {
-        listen 127.0.0.1:$(port_of nginx);
-        root $d/html;
-        location = /health { return 200 "ok\n"; }
+    sendfile on;
+EOF
+    render_nginx_site lab | sed 's/^/    /; s/^ *$//'
+    live_site | sed 's/^/    /; s/^ *$//'
+    echo "}"
+}
+
+# The live view (issue 10): the page under live/, and its questions
+# (/api/v1/query_range...) passed to Prometheus, so the page asks its own
+# origin and works offline.
+live_site() {
+    cat <<EOF
+# The live view: ./live (the page), /api/ to Prometheus.
+server {
+    listen 127.0.0.1:$(port_of live);
+    root $ROOT/live;
+    index index.html;
+    add_header Cache-Control no-store;
+    location /api/ {
+        proxy_pass http://127.0.0.1:$(port_of prometheus);
+        proxy_read_timeout 10s;
     }
 }
 EOF
+}
+
+# The site, from the one template: `lab` for the local nginx, `compose`
+# for the file docker-compose mounts (committed as compose/nginx/default.conf).
+render_nginx_site() { # lab|compose
+    local target=${1:-lab} tpl upstream listen root resolver app
+    tpl=$(<"$ROOT/lab.d/nginx-site.conf.in")
+    case $target in
+    lab)
+        # Keep-alive connections to HAProxy, reused across requests.
+        upstream="upstream app {"$'\n'"    server 127.0.0.1:$(port_of haproxy);"$'\n'"    keepalive 16;"$'\n'"}"
+        listen=127.0.0.1:$(port_of nginx) root=$(bake_dir) resolver="" app=http://app
+        ;;
+    compose)
+        # HAProxy is the part profile's (network alias lb), absent without
+        # one: its name is resolved per request (Docker's DNS), so nginx
+        # starts without it and answers 502 until a part is up.
+        upstream="" listen=80 root=/usr/share/nginx/html app='$app'
+        resolver="    resolver 127.0.0.11 valid=10s;"$'\n''    set $app http://lb:8080;'$'\n'
+        ;;
+    *) die "nginx-cfg: lab or compose, not '$target'" ;;
+    esac
+    tpl=${tpl//@UPSTREAM@/"$upstream"}
+    tpl=${tpl//@LISTEN@/"$listen"}
+    tpl=${tpl//@ROOT@/"$root"}
+    tpl=${tpl//@RESOLVER@/"$resolver"}
+    tpl=${tpl//@APP@/"$app"}
+    printf '%s\n' "$tpl"
+}
+
+start_nginx() {
+    local d=$DATA/nginx
+    mkdir -p "$d/logs" "$d/tmp" "$(bake_dir)"
+    nginx_conf >"$d/nginx.conf"
+    nginx -t -q -p "$d" -c "$d/nginx.conf" || die "nginx refused its config: $d/nginx.conf"
     spawn nginx nginx -p "$d" -c "$d/nginx.conf"
+}
+
+# A running nginx started with an older config (before part 4's site, or
+# another LAB_*) re-reads it: SIGHUP, and its workers are replaced without
+# dropping a connection.
+refresh_nginx() {
+    local d=$DATA/nginx new
+    running nginx || return 0
+    new=$(nginx_conf)
+    [[ $new != "$(cat "$d/nginx.conf" 2>/dev/null)" ]] || return 0
+    mkdir -p "$(bake_dir)"
+    printf '%s\n' "$new" >"$d/nginx.conf.new"
+    nginx -t -q -p "$d" -c "$d/nginx.conf.new" || die "nginx refused its new config: $d/nginx.conf.new"
+    mv -f "$d/nginx.conf.new" "$d/nginx.conf"
+    kill -HUP "$(pid_of nginx)"
+    say "nginx reloaded its config (baked pages from $(bake_dir), the rest to HAProxy)"
 }
 
 # HAProxy's config, from the one template lab.d/haproxy.cfg.in (also read by
@@ -277,4 +352,136 @@ start_haproxy() {
     render_haproxy lab >"$DATA/haproxy/haproxy.cfg"
     haproxy -c -q -f "$DATA/haproxy/haproxy.cfg" || die "HAProxy refused its config: $DATA/haproxy/haproxy.cfg"
     spawn haproxy haproxy -W -db -f "$DATA/haproxy/haproxy.cfg"
+}
+
+# ---------------------------------------------------------------- the live view
+# Issue 10: Prometheus (Debian's) and the exporters Debian ships, each a lab
+# service on a port of its own, with the page of live/ served by nginx on
+# port_of live. Debian's packages would run their own copies as system
+# services on the default ports (9090, 9104, 9115, 9121) where an init
+# system starts them: the lab neither uses nor disturbs those.
+
+# What a monitor service runs: name -> the Debian binary.
+monitor_binary() {
+    case $1 in
+    prometheus) echo prometheus ;;
+    redis-exporter) echo prometheus-redis-exporter ;;
+    mysqld-exporter-*) echo prometheus-mysqld-exporter ;;
+    blackbox-exporter) echo prometheus-blackbox-exporter ;;
+    esac
+}
+
+# The monitor services whose binary is installed (a Debian without one of
+# the exporters runs the live view without it).
+monitor_services() {
+    local name
+    for name in "${MONITOR[@]}"; do
+        command -v "$(monitor_binary "$name")" >/dev/null && echo "$name"
+    done
+    return 0
+}
+
+start_monitor() {
+    local name=$1 d=$DATA/$1
+    mkdir -p "$d"
+    case $name in
+    redis-exporter)
+        spawn "$name" prometheus-redis-exporter -redis.addr "redis://127.0.0.1:$(port_of redis)" \
+            -web.listen-address "127.0.0.1:$(port_of "$name")"
+        ;;
+    mysqld-exporter-*)
+        # The app's own user: SELECT, PROCESS and SLAVE MONITOR are what
+        # SHOW GLOBAL STATUS and SHOW SLAVE STATUS need.
+        printf '[client]\nuser=lab\npassword=lab\nhost=127.0.0.1\nport=%s\n' \
+            "$(port_of "mariadb-${name#mysqld-exporter-}")" >"$d/my.cnf"
+        spawn "$name" prometheus-mysqld-exporter --config.my-cnf="$d/my.cnf" \
+            --web.listen-address="127.0.0.1:$(port_of "$name")"
+        ;;
+    blackbox-exporter)
+        cat >"$d/blackbox.yml" <<'EOF'
+modules:
+  tcp_connect:
+    prober: tcp
+    timeout: 1s
+  http_health:
+    prober: http
+    timeout: 1s
+    http:
+      valid_status_codes: [200]
+      no_follow_redirects: true
+EOF
+        spawn "$name" prometheus-blackbox-exporter --config.file="$d/blackbox.yml" \
+            --web.listen-address="127.0.0.1:$(port_of "$name")"
+        ;;
+    prometheus)
+        mkdir -p "$d/data" "$d/targets"
+        write_app_targets
+        render_prometheus >"$d/prometheus.yml"
+        # Two days of 2 s samples is plenty for a course; the data stays
+        # under .lab/data/prometheus like every server's.
+        spawn "$name" prometheus --config.file="$d/prometheus.yml" --storage.tsdb.path="$d/data" \
+            --storage.tsdb.retention.time=2d --web.listen-address="127.0.0.1:$(port_of "$name")"
+        ;;
+    esac
+}
+
+# The scrape config, from lab.d/prometheus.yml.in: every @PORT_name@ is
+# port_of name, @TARGETS@ the directory of the app tier's target file.
+render_prometheus() {
+    local tpl name
+    tpl=$(<"$ROOT/lab.d/prometheus.yml.in")
+    tpl=${tpl//@TARGETS@/"$DATA/prometheus/targets"}
+    while [[ $tpl =~ @PORT_([a-z0-9-]+)@ ]]; do
+        name=${BASH_REMATCH[1]}
+        tpl=${tpl//"@PORT_${name}@"/"$(port_of "$name")"}
+    done
+    printf '%s\n' "$tpl"
+}
+
+# The app tier's targets as it runs now (clones, workers, baker), in
+# Prometheus's file_sd format; Prometheus re-reads the file by itself. With
+# no tier, the clones LAB_CLONES would start.
+write_app_targets() {
+    local d=$DATA/prometheus/targets name sep="" out="[" names i
+    mkdir -p "$d"
+    if [[ -f $RUN/app.part ]]; then
+        names=$(app_services | grep -v '^haproxy$' || true)
+    else
+        names=$(for ((i = 1; i <= CLONES; i++)); do echo "clone$i"; done)
+    fi
+    for name in $names; do
+        out+="$sep"$'\n'"  {\"targets\": [\"127.0.0.1:$(port_of "$name")\"], \"labels\": {\"service\": \"$name\", \"role\": \"${name%%[0-9]*}\"}}"
+        sep=,
+    done
+    out+=$'\n'"]"
+    # Written whole, then renamed: Prometheus never reads half a file.
+    printf '%s\n' "$out" >"$d/app.json.tmp" && mv -f "$d/app.json.tmp" "$d/app.json"
+}
+
+# A running Prometheus started with an older scrape config re-reads it on
+# SIGHUP (its samples stay).
+refresh_prometheus() {
+    local d=$DATA/prometheus new
+    running prometheus || return 0
+    write_app_targets
+    new=$(render_prometheus)
+    [[ $new != "$(cat "$d/prometheus.yml" 2>/dev/null)" ]] || return 0
+    printf '%s\n' "$new" >"$d/prometheus.yml"
+    kill -HUP "$(pid_of prometheus)"
+    say "Prometheus reloaded its scrape config"
+}
+
+# HAProxy started before its /metrics existed gets that one line added to
+# the config it runs (nothing else changes: not its clones, not its limits)
+# and re-reads it: its master (-W) reloads on SIGUSR2 and hands over without
+# dropping a connection, as `./lab up partN` does for a new clone count.
+refresh_haproxy() {
+    local f=$DATA/haproxy/haproxy.cfg
+    running haproxy && [[ -f $f ]] || return 0
+    ! grep -q prometheus-exporter "$f" || return 0
+    sed '/^listen stats$/a\    http-request use-service prometheus-exporter if { path /metrics }' "$f" >"$f.new"
+    haproxy -c -q -f "$f.new" || die "HAProxy refused its new config: $f.new"
+    mv -f "$f.new" "$f"
+    kill -USR2 "$(pid_of haproxy)"
+    say "HAProxy reloaded its config (now with /metrics on port $HAPROXY_STATS_PORT)"
 }

@@ -11,7 +11,10 @@
 # apart from one that .env or a default gives (see remember_variant).
 VARIANT_VARS=(SESSIONS READS SHAPE CACHE SERVICE_TIME_MS MAX_CONCURRENCY PIN_WINDOW_MS
     REPLICA_MAX_LAG_MS DB_ACQUIRE_TIMEOUT_MS SESSION_IDLE_SECS SESSION_ABSOLUTE_SECS MAX_AVATAR_BYTES
-    CACHE_BACKEND STAMPEDE CACHE_TTL_SECS CACHE_JITTER QUERY_FLUSH_ON_WRITE CACHE_TIMEOUT_MS CACHE_MAX_VALUE_BYTES)
+    CACHE_BACKEND STAMPEDE CACHE_TTL_SECS CACHE_JITTER QUERY_FLUSH_ON_WRITE CACHE_TIMEOUT_MS CACHE_MAX_VALUE_BYTES
+    QUEUE JOBS QUEUE_NAME MAX_DELIVERIES PREFETCH CONSUMER_TTL_MS JOB_MIN_MS SHUTDOWN_GRACE_MS STALE_QUEUED_SECS MAX_QUEUE_DEPTH
+    DEPTH_CHECK_MS RETRY_AFTER_SECS QUEUE_TIMEOUT_MS EVENTS_POLL_MS EVENTS_MAX_SECS DRILL_JOBS
+    CHANGES BAKE_INTERVAL_SECS TIMELINE_CAP FANOUT_MAX_FRIENDS)
 # (A ./lab run by ./lab inherits what its parent took from .env: those
 # names are in LAB_FROM_DOTENV and do not count as typed.)
 declare -A EXPLICIT=()
@@ -50,6 +53,7 @@ LOGS=$LAB/log
 RUN=$LAB/run
 TOOLS=$LAB/tools
 CLONES=${LAB_CLONES:-3}
+WORKERS=${LAB_WORKERS:-2} # part 4's workers (worker1..N)
 DEADLINE=${LAB_DEADLINE:-30} # seconds any one wait may take
 # The build the app tier runs: release for figures worth quoting; `./lab
 # test` uses debug, the build cargo test makes anyway.
@@ -60,6 +64,11 @@ PROFILE=${LAB_PROFILE:-release}
 }
 
 INFRA=(redis memcached mariadb-primary mariadb-replica mariadb-shard0 mariadb-shard1 rabbitmq mongo nginx)
+# The live view (issue 10): Prometheus and the exporters, started by `up`
+# after the servers they watch. Each one whose Debian package is missing
+# is left out (monitor_services), never an error.
+MONITOR=(redis-exporter mysqld-exporter-primary mysqld-exporter-replica mysqld-exporter-shard0
+    mysqld-exporter-shard1 blackbox-exporter prometheus)
 
 port_of() {
     case $1 in
@@ -74,6 +83,23 @@ port_of() {
     nginx) echo 18090 ;;
     haproxy) echo 18080 ;;
     clone[0-9]*) echo $((18080 + ${1#clone})) ;;
+    # Part 4's workers and baker listen only for GET /health (./lab waits
+    # for it, and status shows it).
+    worker[0-9]*) echo $((18180 + ${1#worker})) ;;
+    baker) echo 18190 ;;
+    # The live view: the page (served by nginx), Prometheus, the exporters.
+    live) echo 18099 ;;
+    prometheus) echo 19090 ;;
+    redis-exporter) echo 19121 ;;
+    mysqld-exporter-primary) echo 19104 ;;
+    mysqld-exporter-replica) echo 19105 ;;
+    mysqld-exporter-shard0) echo 19106 ;;
+    mysqld-exporter-shard1) echo 19107 ;;
+    blackbox-exporter) echo 19115 ;;
+    # Served by the servers themselves: RabbitMQ's rabbitmq_prometheus
+    # plugin, HAProxy's /metrics in its stats listener.
+    rabbitmq-metrics) echo 15693 ;;
+    haproxy-stats) echo "$HAPROXY_STATS_PORT" ;;
     *) return 1 ;;
     esac
 }
@@ -86,8 +112,11 @@ die() {
     printf 'lab: %s\n' "$*" >&2
     exit 1
 }
+# The app tier's own processes (what `./lab up partN` starts from the part's
+# build, each with a NAME.info saying what it runs).
+is_app_process() { [[ $1 =~ ^(clone[0-9]+|worker[0-9]+|baker)$ ]]; }
 is_service() {
-    [[ " ${INFRA[*]} haproxy " == *" $1 "* ]] || [[ $1 =~ ^clone[0-9]+$ ]]
+    [[ " ${INFRA[*]} ${MONITOR[*]} haproxy baker " == *" $1 "* ]] || [[ $1 =~ ^(clone|worker)[0-9]+$ ]]
 }
 
 # ---------------------------------------------------------------- processes
@@ -227,6 +256,34 @@ wait_service() {
     esac
 }
 
+# The live view's services, after the servers they watch. Not one of them
+# is needed by the course: one that does not start is reported, and `up`
+# goes on (./lab status shows it down).
+monitor_up() {
+    local name started=() missing=()
+    for name in "${MONITOR[@]}"; do
+        command -v "$(monitor_binary "$name")" >/dev/null || missing+=("$(monitor_binary "$name")")
+    done
+    if ((${#missing[@]})); then say "live view without $(printf '%s\n' "${missing[@]}" | sort -u | xargs): not installed"; fi
+    for name in $(monitor_services); do
+        running "$name" && continue
+        rm -f "$(pidfile "$name")"
+        if port_open "$(port_of "$name")"; then
+            say "port $(port_of "$name") is taken by another process: $name not started"
+            continue
+        fi
+        start_service "$name"
+        started+=("$name")
+    done
+    for name in "${started[@]}"; do
+        if (wait_port "$name" "$(port_of "$name")" check-alive); then
+            STARTED+=("$name")
+        else
+            say "$name did not start (the live view goes without it): ./lab logs $name"
+        fi
+    done
+}
+
 # Redis listens before it has read its append-only file back, and answers
 # LOADING until then: ready is when PING says PONG.
 wait_redis_loaded() {
@@ -260,19 +317,24 @@ cmd_up() {
         [[ $name == mariadb-primary ]] && wait_service mariadb-primary
     done
     for name in "${INFRA[@]}"; do wait_service "$name"; done
+    refresh_nginx
+    refresh_haproxy
+    monitor_up
     versions_json >"$LAB/versions.json"
     if ((${#STARTED[@]})); then say "started: ${STARTED[*]}"; fi
     [[ -z $part ]] || app_up "$part"
+    refresh_prometheus
+    if running prometheus; then say "live view: http://127.0.0.1:$(port_of live)/ (Prometheus :$(port_of prometheus))"; fi
     say "stack up in $((SECONDS - t0))s (./lab status for the table)"
 }
 
 cmd_down() {
     local name
     # In parallel: RabbitMQ and MariaDB each take a few seconds to shut down cleanly.
-    for name in $(app_services) "${INFRA[@]}"; do stop_one "$name" & done
+    for name in $(app_services) "${INFRA[@]}" "${MONITOR[@]}"; do stop_one "$name" & done
     wait
     # Nothing of the app tier stays behind: part, variant, build label.
-    rm -f "$RUN"/app.* "$RUN"/clone*.info
+    rm -f "$RUN"/app.* "$RUN"/clone*.info "$RUN"/worker*.info "$RUN"/baker.info
 }
 
 cmd_reset() {
@@ -283,9 +345,14 @@ cmd_reset() {
 
 cmd_status() {
     local name ok=0 state pid
-    printf '%-16s %-6s %-8s %-20s %s\n' SERVICE PORT PID VERSION STATE
-    for name in "${INFRA[@]}" $(app_services); do
+    printf '%-24s %-6s %-8s %-20s %s\n' SERVICE PORT PID VERSION STATE
+    for name in "${INFRA[@]}" $(app_services) "${MONITOR[@]}"; do
         pid=$(pid_of "$name" 2>/dev/null || true)
+        if [[ " ${MONITOR[*]} " == *" $name "* ]] && ! command -v "$(monitor_binary "$name")" >/dev/null; then
+            # Optional: its Debian package is missing here. Not a failure.
+            printf '%-24s %-6s %-8s %-20s %s\n' "$name" "$(port_of "$name")" - - "not installed ($(monitor_binary "$name"))"
+            continue
+        fi
         if running "$name"; then
             state=up
             if [[ $name == mariadb-replica ]] && ! mariadb --defaults-file="$DATA/$name/my.cnf" -e "SHOW SLAVE STATUS\G" 2>/dev/null | grep -q 'Slave_SQL_Running: Yes'; then
@@ -295,15 +362,15 @@ cmd_status() {
             state=down
             ok=1
         fi
-        [[ $name != clone* ]] || state="$state  $(clone_info "$name")"
-        printf '%-16s %-6s %-8s %-20s %s\n' "$name" "$(port_of "$name")" "${pid:--}" "$(version_of "$name")" "$state"
+        ! is_app_process "$name" || state="$state  $(clone_info "$name")"
+        printf '%-24s %-6s %-8s %-20s %s\n' "$name" "$(port_of "$name")" "${pid:--}" "$(version_of "$name")" "$state"
     done
     return $ok
 }
 
 cmd_start() {
     local name=${1:?usage: ./lab start NAME}
-    is_service "$name" || die "unknown service '$name': one of ${INFRA[*]} haproxy clone1.."
+    is_service "$name" || die "unknown service '$name': one of ${INFRA[*]} ${MONITOR[*]} haproxy clone1.. worker1.. baker"
     install
     STARTED=()
     launch "$name"
@@ -313,12 +380,12 @@ cmd_start() {
 
 cmd_stop() {
     local name=${1:?usage: ./lab stop NAME}
-    is_service "$name" || die "unknown service '$name': one of ${INFRA[*]} haproxy clone1.."
+    is_service "$name" || die "unknown service '$name': one of ${INFRA[*]} ${MONITOR[*]} haproxy clone1.. worker1.. baker"
     stop_one "$name"
 }
 
 cmd_logs() {
     local name=${1:?usage: ./lab logs NAME}
-    is_service "$name" || die "unknown service '$name': one of ${INFRA[*]} haproxy clone1.."
+    is_service "$name" || die "unknown service '$name': one of ${INFRA[*]} ${MONITOR[*]} haproxy clone1.. worker1.. baker"
     tail -n "${LINES:-40}" "$(logfile "$name")"
 }

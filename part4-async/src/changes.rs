@@ -1,1 +1,571 @@
-//! What a committed write changed, queued for the workers (being built).
+//! What a committed write changed, queued for the workers: the async
+//! fill, the re-bake, the fan-out.
+//!
+//! Way 1 of the article, "do it in advance", needs someone to know *when*
+//! to do it again. Part 2's server tells a hook after every committed
+//! write what it changed ([`Committed`]: a post, a comment or a like on
+//! an article, a new friendship); part 3 deletes the cached objects it
+//! changed there. Part 4 adds one step after that invalidation: it
+//! publishes a [`Change`] on the queue `<QUEUE_NAME>.changes` (the same
+//! [`JobQueue`] backends as the jobs), and the user's write is answered.
+//! A worker ([`ChangeWorker`], in `part4-worker` beside the job consumer)
+//! takes the change and does the slow part:
+//!
+//! | change | the worker |
+//! |---|---|
+//! | `article {id}` (a comment, a like) | re-fills part 3's `article:{id}` through its read-through ([`CacheLayer::fill_article`]), re-bakes `articles/<id>.html` |
+//! | `post {author}` | fans the new articles out into the friends' timelines ([`crate::fanout`]), re-bakes the author's page and their newest article |
+//! | `friends {a, b}` | pushes each one's newest articles into the other's timeline; nothing is baked (no baked page shows friendships), and part 3's invalidation already removed the friend objects: they are small and the next read fills them |
+//!
+//! **The async fill: the app mostly reads finished work.** Part 3 fills
+//! its cache on a miss: after every write, the *next reader* pays for
+//! re-assembling the article (a miss, three queries). Here the worker
+//! pays, right after the write: it reads the object back through part 3's
+//! own read-through, so the stale-set guard still applies (a second write
+//! landing during the fill keeps it out of the cache), and the next
+//! reader hits. The same for the baked page: nginx serves the re-baked
+//! file, and no clone renders anything.
+//!
+//! **Freshness.** The write is visible at once through the clones (part
+//! 3's invalidation, read-your-writes); the baked page and the timelines
+//! catch up when the worker has done the change: a delay of one queue
+//! hop plus the work, which the demo measures (the staleness window).
+//! Publishing is best effort: if the queue does not take the change in
+//! time, the failure is logged, the user's write still succeeds, and the
+//! scheduled full re-bake (`part4-bake --interval-secs`) catches up
+//! what events missed. A transactional outbox (the change written in the
+//! write's transaction, published from the table) would close that gap.
+//!
+//! **Idempotent by nature.** Every effect of a change converges: a
+//! re-fill stores what the database says now, a re-bake writes the page
+//! as it is now, a `ZADD` of a member already there changes nothing. A
+//! change delivered twice does the same work twice and leaves the same
+//! state, so, unlike a job, no claim row is needed. The worker acks a
+//! change only after its work is done; a failure is retried up to the
+//! delivery limit, then dead-lettered; a message that is not a change
+//! (a poison message) is dead-lettered at once, and the worker carries
+//! on.
+//!
+//! A change travels as a job [`Envelope`] of kind [`CHANGE_KIND`] (a fresh
+//! id, the change in `params`), so both backends count its deliveries
+//! like a job's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use part1_clones::error::ApiError;
+use part2_database::server::{AfterCommit, Committed};
+use part3_cache::server::CacheLayer;
+use part3_cache::stampede::Outcome as CacheOutcome;
+use serde::{Deserialize, Serialize};
+use sqlx::MySqlPool;
+
+use crate::bake::{Baker, UnsafeUsername};
+use crate::fanout::{Fanout, Timelines};
+use crate::job::{Envelope, JobId, now_ms};
+use crate::queue::{Delivery, JobConsumer, JobQueue, QueueConfig, QueueError};
+
+/// The suffix of the changes queue's name: `<QUEUE_NAME>.changes`.
+pub const SUFFIX: &str = ".changes";
+
+/// The envelope kind of a change.
+pub const CHANGE_KIND: &str = "change";
+
+/// The changes queue's configuration: the jobs queue's, its name suffixed.
+pub fn queue_config(jobs: &QueueConfig) -> QueueConfig {
+    let mut c = jobs.clone();
+    c.queue_name = format!("{}{SUFFIX}", jobs.queue_name);
+    c
+}
+
+/// What a committed write changed, as the workers get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Change {
+    /// An article got a comment or a like.
+    Article {
+        /// The article.
+        id: u64,
+    },
+    /// An author posted.
+    Post {
+        /// The author.
+        author: u64,
+    },
+    /// Two users became friends.
+    Friends {
+        /// One.
+        a: u64,
+        /// The other.
+        b: u64,
+    },
+}
+
+impl From<&Committed> for Change {
+    fn from(what: &Committed) -> Self {
+        match what {
+            Committed::Article { id } => Change::Article { id: *id },
+            Committed::Post { author } => Change::Post { author: *author },
+            Committed::Friends { a, b } => Change::Friends { a: a.0, b: b.0 },
+        }
+    }
+}
+
+/// A change with when it was published (ms since the epoch), so a reader
+/// of the baked page can tell how long it took to show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeMessage {
+    /// What changed.
+    pub change: Change,
+    /// When it was published.
+    pub at: i64,
+}
+
+impl ChangeMessage {
+    /// The envelope that carries it: kind [`CHANGE_KIND`], a fresh id.
+    pub fn envelope(&self) -> Envelope {
+        Envelope::new(
+            JobId::generate(),
+            CHANGE_KIND,
+            serde_json::to_value(self).unwrap_or_default(),
+        )
+    }
+
+    /// The change an envelope carries, or why it is not one.
+    pub fn from_envelope(e: &Envelope) -> Result<Self, String> {
+        if e.kind != CHANGE_KIND {
+            let kind: String = e.kind.chars().take(40).collect();
+            return Err(format!(
+                "a message of kind {kind:?} on the changes queue (changes are of kind {CHANGE_KIND:?})"
+            ));
+        }
+        serde_json::from_value(e.params.clone()).map_err(|err| {
+            format!(
+                "not a change ({err}): expected {{\"change\":{{\"change\":\"article\",\"id\":42}},\"at\":<ms>}}"
+            )
+        })
+    }
+}
+
+/// Publishes `change` on the changes queue; returns once the queue has it.
+pub async fn publish<Q: JobQueue>(queue: &Q, change: Change) -> Result<(), QueueError> {
+    let message = ChangeMessage {
+        change,
+        at: now_ms(),
+    };
+    queue.enqueue(&message.envelope()).await
+}
+
+/// Publishes and failures counted by the hook.
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    /// Changes the queue took.
+    pub published: AtomicU64,
+    /// Changes lost (logged; the scheduled re-bake catches up).
+    pub failed: AtomicU64,
+}
+
+/// Part 2's after-commit hook, extended: `previous` first (part 3's
+/// invalidation, so the worker never re-fills before the delete), then
+/// the change published on `queue`, waiting at most `limit`. Best
+/// effort: a failure is logged and counted, never the user's error. In
+/// a task of its own, so a client that goes away does not cut it short.
+pub fn after_commit<Q: JobQueue>(
+    previous: Option<AfterCommit>,
+    queue: Arc<Q>,
+    limit: Duration,
+    stats: Arc<PublishStats>,
+) -> AfterCommit {
+    Arc::new(move |what: Committed| -> BoxFuture<'static, ()> {
+        let (previous, queue, stats) = (previous.clone(), queue.clone(), stats.clone());
+        Box::pin(async move {
+            if let Some(hook) = &previous {
+                hook(what.clone()).await;
+            }
+            let change = Change::from(&what);
+            let task = tokio::spawn(async move {
+                match tokio::time::timeout(limit, publish(&*queue, change.clone())).await {
+                    Ok(Ok(())) => {
+                        stats.published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(?change, error = %e, "could not publish a change: the scheduled re-bake will catch up");
+                    }
+                    Err(_) => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(?change, limit = ?limit, "publishing a change timed out: the scheduled re-bake will catch up");
+                    }
+                }
+            });
+            let _ = task.await;
+        })
+    })
+}
+
+/// What the worker did for one change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// The cached article's re-fill: `Miss` (loaded and stored), `Hit`
+    /// (someone filled it first), `Bypass` (no object cache, or it did not
+    /// answer); `None` if the change has no article.
+    pub filled: Option<CacheOutcome>,
+    /// Pages baked (or removed).
+    pub baked: u64,
+    /// The fan-out of a post.
+    pub fanout: Option<Fanout>,
+    /// Timelines written (the fan-out's, or a new friendship's).
+    pub timelines: u64,
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// Done, then acked.
+    Done(Effects),
+    /// The work failed; back in the queue.
+    Retried {
+        /// Why.
+        reason: String,
+    },
+    /// Given up (the limit), or not a change: dead-lettered.
+    DeadLettered {
+        /// Why.
+        reason: String,
+    },
+    /// Stopping: put back unfinished.
+    Returned,
+}
+
+/// One delivery handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeProcessed {
+    /// The change, if it decoded.
+    pub change: Option<Change>,
+    /// Which delivery it was.
+    pub attempt: u32,
+    /// What happened.
+    pub outcome: ChangeOutcome,
+    /// Whether the queue took the ack, requeue or dead-letter.
+    pub settled: bool,
+}
+
+/// Counts since the worker started.
+#[derive(Debug, Default)]
+pub struct ChangeStats {
+    /// Changes done and acked.
+    pub done: AtomicU64,
+    /// Attempts that failed and were put back.
+    pub retried: AtomicU64,
+    /// Dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Article objects loaded and stored by the worker (the async fill).
+    pub filled: AtomicU64,
+    /// Pages baked or removed.
+    pub baked: AtomicU64,
+    /// Timelines written.
+    pub timelines: AtomicU64,
+}
+
+enum Decision {
+    Ack(ChangeOutcome),
+    Requeue(ChangeOutcome),
+    DeadLetter(ChangeOutcome),
+}
+
+/// How long one wait for a change lasts before the loop looks around.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Takes changes and does them.
+pub struct ChangeWorker {
+    layer: CacheLayer,
+    baker: Baker,
+    timelines: Timelines,
+    name: String,
+    max_deliveries: u32,
+    grace: Duration,
+    stats: Arc<ChangeStats>,
+}
+
+impl ChangeWorker {
+    /// A worker filling `layer`'s cache (part 3's, configured as the
+    /// clones' are), baking with `baker`, fanning out into `timelines`.
+    pub fn new(
+        layer: CacheLayer,
+        baker: Baker,
+        timelines: Timelines,
+        name: &str,
+        max_deliveries: u32,
+        grace: Duration,
+    ) -> Self {
+        ChangeWorker {
+            layer,
+            baker,
+            timelines,
+            name: name.to_owned(),
+            max_deliveries: max_deliveries.max(1),
+            grace,
+            stats: Arc::new(ChangeStats::default()),
+        }
+    }
+
+    /// The counts.
+    pub fn stats(&self) -> Arc<ChangeStats> {
+        self.stats.clone()
+    }
+
+    /// The timelines it writes.
+    pub fn timelines(&self) -> &Timelines {
+        &self.timelines
+    }
+
+    fn pool(&self) -> &MySqlPool {
+        self.layer.data.db.primary()
+    }
+
+    /// Does `change` now (tests and the demo call it without a queue).
+    pub async fn apply(&self, change: &Change) -> anyhow::Result<Effects> {
+        let mut fx = Effects::default();
+        match *change {
+            Change::Article { id } => {
+                fx.filled = match self.layer.fill_article(id).await {
+                    Ok(x) => Some(x),
+                    // Gone: nothing to fill; the bake removes its page.
+                    Err(ApiError::NotFound(_)) => None,
+                    Err(e) => anyhow::bail!("re-filling article {id}: {e}"),
+                };
+                self.baker.article(id).await?;
+                fx.baked += 1;
+            }
+            Change::Post { author } => {
+                let fanout = self.timelines.fan_out(self.pool(), author).await?;
+                fx.timelines = fanout.timelines;
+                fx.fanout = Some(fanout);
+                match self.baker.author(author).await {
+                    Ok(_) => fx.baked += 1,
+                    Err(e) if e.downcast_ref::<UnsafeUsername>().is_some() => {
+                        // Never bakeable: retrying would not help.
+                        tracing::warn!(worker = %self.name, error = %e, "author page not baked");
+                    }
+                    Err(e) => return Err(e),
+                }
+                let newest: Option<u64> = sqlx::query_scalar(
+                    "SELECT id FROM articles WHERE author_id = ? ORDER BY id DESC LIMIT 1",
+                )
+                .bind(author)
+                .fetch_optional(self.pool())
+                .await?;
+                if let Some(id) = newest {
+                    self.baker.article(id).await?;
+                    fx.baked += 1;
+                }
+            }
+            Change::Friends { a, b } => {
+                fx.timelines = self.timelines.befriended(self.pool(), a, b).await?;
+            }
+        }
+        let s = &self.stats;
+        if fx.filled == Some(CacheOutcome::Miss) {
+            s.filled.fetch_add(1, Ordering::Relaxed);
+        }
+        s.baked.fetch_add(fx.baked, Ordering::Relaxed);
+        s.timelines.fetch_add(fx.timelines, Ordering::Relaxed);
+        Ok(fx)
+    }
+
+    async fn process(&self, delivery: &Delivery) -> (Option<Change>, Decision) {
+        let message = match &delivery.envelope {
+            Ok(e) => ChangeMessage::from_envelope(e),
+            Err(e) => Err(e.to_string()),
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(reason) => {
+                tracing::warn!(worker = %self.name, %reason, "dead-lettering a message that is not a change");
+                return (
+                    None,
+                    Decision::DeadLetter(ChangeOutcome::DeadLettered { reason }),
+                );
+            }
+        };
+        let change = message.change;
+        let decision = match self.apply(&change).await {
+            Ok(fx) => Decision::Ack(ChangeOutcome::Done(fx)),
+            Err(e) if delivery.attempt >= self.max_deliveries => {
+                let reason = format!(
+                    "gave up after {} deliveries (the limit is {}): {e:#}",
+                    delivery.attempt, self.max_deliveries
+                );
+                tracing::warn!(worker = %self.name, ?change, %reason, "dead-lettering a change");
+                Decision::DeadLetter(ChangeOutcome::DeadLettered { reason })
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::info!(worker = %self.name, ?change, %reason, attempt = delivery.attempt, "retrying a change");
+                Decision::Requeue(ChangeOutcome::Retried { reason })
+            }
+        };
+        (Some(change), decision)
+    }
+
+    async fn settle<C: JobConsumer>(
+        &self,
+        consumer: &mut C,
+        delivery: &Delivery,
+        change: Option<Change>,
+        decision: Decision,
+    ) -> ChangeProcessed {
+        let (result, outcome) = match decision {
+            Decision::Ack(o) => (consumer.ack(delivery).await, o),
+            Decision::Requeue(o) => (consumer.requeue(delivery).await, o),
+            Decision::DeadLetter(o) => (consumer.dead_letter(delivery).await, o),
+        };
+        let counter = match &outcome {
+            ChangeOutcome::Done(_) => Some(&self.stats.done),
+            ChangeOutcome::Retried { .. } => Some(&self.stats.retried),
+            ChangeOutcome::DeadLettered { .. } => Some(&self.stats.dead_lettered),
+            ChangeOutcome::Returned => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = &result {
+            // Harmless: the queue delivers it again, and a change done
+            // twice leaves the same state.
+            tracing::warn!(worker = %self.name, error = %e, "could not settle a change");
+        }
+        ChangeProcessed {
+            change,
+            attempt: delivery.attempt,
+            outcome,
+            settled: result.is_ok(),
+        }
+    }
+
+    /// Waits up to `wait` for one change and handles it; `None` if none
+    /// came (tests step the worker instead of sleeping).
+    pub async fn step<C: JobConsumer>(
+        &self,
+        consumer: &mut C,
+        wait: Duration,
+    ) -> Result<Option<ChangeProcessed>, QueueError> {
+        let Some(delivery) = consumer.next(wait).await? else {
+            return Ok(None);
+        };
+        let (change, decision) = self.process(&delivery).await;
+        Ok(Some(
+            self.settle(consumer, &delivery, change, decision).await,
+        ))
+    }
+
+    /// Consumes until `shutdown` resolves; then finishes the change in
+    /// hand (or puts it back after the grace period) and closes the
+    /// consumer. Returns the deliveries handled.
+    pub async fn run_until_stopped<C: JobConsumer>(
+        &self,
+        mut consumer: C,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<u64, QueueError> {
+        let shutdown = shutdown.fuse();
+        futures::pin_mut!(shutdown);
+        let mut handled = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                next = consumer.next(POLL) => next,
+            };
+            let delivery = match next {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(worker = %self.name, error = %e, retry_in = ?backoff, "cannot take changes");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let mut stopping = false;
+            let (change, decision) = {
+                let work = self.process(&delivery);
+                futures::pin_mut!(work);
+                tokio::select! {
+                    biased;
+                    d = &mut work => d,
+                    () = &mut shutdown => {
+                        stopping = true;
+                        match tokio::time::timeout(self.grace, &mut work).await {
+                            Ok(d) => d,
+                            Err(_) => (None, Decision::Requeue(ChangeOutcome::Returned)),
+                        }
+                    }
+                }
+            };
+            let processed = self
+                .settle(&mut consumer, &delivery, change, decision)
+                .await;
+            tracing::debug!(worker = %self.name, change = ?processed.change, attempt = processed.attempt, outcome = ?processed.outcome, "change handled");
+            handled += 1;
+            if stopping {
+                break;
+            }
+        }
+        consumer.close().await?;
+        tracing::info!(worker = %self.name, handled, "changes: stopped");
+        Ok(handled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_round_trips_through_an_envelope() {
+        for change in [
+            Change::Article { id: 42 },
+            Change::Post { author: 7 },
+            Change::Friends { a: 1, b: 2 },
+        ] {
+            let m = ChangeMessage { change, at: 5 };
+            let e = Envelope::decode(&m.envelope().encode()).unwrap();
+            assert_eq!(ChangeMessage::from_envelope(&e).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_change_says_why() {
+        let job = Envelope::new(JobId::generate(), "export", serde_json::json!({}));
+        assert!(
+            ChangeMessage::from_envelope(&job)
+                .unwrap_err()
+                .contains("export")
+        );
+        let bad = Envelope::new(
+            JobId::generate(),
+            CHANGE_KIND,
+            serde_json::json!({"change": {"change": "delete", "id": 1}, "at": 0}),
+        );
+        assert!(
+            ChangeMessage::from_envelope(&bad)
+                .unwrap_err()
+                .contains("not a change")
+        );
+    }
+
+    #[test]
+    fn the_changes_queue_is_the_jobs_queue_suffixed() {
+        let jobs = QueueConfig::new(crate::queue::Backend::Redis, "part4.jobs");
+        assert_eq!(queue_config(&jobs).queue_name, "part4.jobs.changes");
+    }
+}

@@ -549,6 +549,7 @@ impl JobStore {
     pub async fn retrying(&self, id: &JobId, reason: &str) -> anyhow::Result<()> {
         self.unfinished_to(id, "queued", reason)
             .await
+            .map(drop)
             .with_context(|| format!("recording job {id}'s failed attempt"))
     }
 
@@ -557,13 +558,64 @@ impl JobStore {
     pub async fn fail(&self, id: &JobId, reason: &str) -> anyhow::Result<()> {
         self.unfinished_to(id, "failed", reason)
             .await
+            .map(drop)
             .with_context(|| format!("marking job {id} failed"))
     }
 
+    /// Like [`JobStore::fail`], and says whether the row changed: `false`
+    /// if the job was finished already (a worker marked it first) or has
+    /// no row. The dead-letter watcher counts with it.
+    pub async fn fail_unfinished(&self, id: &JobId, reason: &str) -> anyhow::Result<bool> {
+        let changed = self
+            .unfinished_to(id, "failed", reason)
+            .await
+            .with_context(|| format!("marking dead-lettered job {id} failed"))?;
+        Ok(changed > 0)
+    }
+
+    /// The sweeper's candidates: `queued` rows nobody has touched for
+    /// `stale_ms` (their publish may never have happened), oldest first,
+    /// at most `limit`. Read without locks: [`JobStore::take_stale`]
+    /// decides which sweeper gets each one.
+    pub async fn stale_queued(&self, stale_ms: i64, limit: u32) -> anyhow::Result<Vec<JobId>> {
+        let cutoff = now_ms() - stale_ms;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE status = 'queued' AND updated_at < ? \
+             ORDER BY updated_at, id LIMIT ?",
+        )
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading stale queued jobs")?;
+        ids.iter()
+            .map(|s| s.parse().map_err(anyhow::Error::from))
+            .collect()
+    }
+
+    /// Takes a stale `queued` row for publishing again: bumps its
+    /// `updated_at` if it is *still* queued and stale. One statement, so
+    /// of several sweepers racing for a row exactly one sees `true`, and
+    /// the row is not stale again for another `stale_ms`: it is published
+    /// again at most once per window, whoever sweeps.
+    pub async fn take_stale(&self, id: &JobId, stale_ms: i64) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let taken = sqlx::query(
+            "UPDATE jobs SET updated_at = ? WHERE id = ? AND status = 'queued' AND updated_at < ?",
+        )
+        .bind(now)
+        .bind(id.as_str())
+        .bind(now - stale_ms)
+        .execute(&self.pool)
+        .await
+        .with_context(|| format!("taking stale job {id}"))?;
+        Ok(taken.rows_affected() == 1)
+    }
+
     /// Moves a job that is not finished (`queued` or `running`) to
-    /// `status`, with `reason` as its error.
-    async fn unfinished_to(&self, id: &JobId, status: &str, reason: &str) -> sqlx::Result<()> {
-        sqlx::query(
+    /// `status`, with `reason` as its error. Returns the rows changed.
+    async fn unfinished_to(&self, id: &JobId, status: &str, reason: &str) -> sqlx::Result<u64> {
+        let done = sqlx::query(
             "UPDATE jobs SET status = ?, error = ?, updated_at = ? \
              WHERE id = ? AND status IN ('queued', 'running')",
         )
@@ -573,7 +625,7 @@ impl JobStore {
         .bind(id.as_str())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected())
     }
 
     /// A finished job's result: its media type and body.

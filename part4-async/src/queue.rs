@@ -21,6 +21,18 @@
 //!   job, even if the consumers that had it all died before they could.
 //!   A poison job cannot loop forever or hold the others up.
 //!
+//! - **Dead letters are read, then parked.** A job the queue gave up on
+//!   while no worker could say why (its last delivery died with its
+//!   worker) still has a row saying `running`. Every worker therefore
+//!   runs a watcher ([`crate::worker`]) that reads the dead letters
+//!   ([`JobQueue::dead_letters`]), marks each unfinished job `failed` with
+//!   the reason, and moves the message to the **parked** queue
+//!   ([`DeadLetters::park`]), where it stays for a person to look at.
+//!   Dead letters are the watcher's inbox, parked ones the shelf: a
+//!   message is in one or the other, so "not handled yet" and "handled,
+//!   kept for you" never mix, and a restarted watcher never reads the
+//!   shelf again.
+//!
 //! What neither promises: order (a requeued job goes behind others), or
 //! exactly-once anything.
 //!
@@ -29,6 +41,7 @@
 
 pub mod rabbitmq;
 pub mod redis;
+pub mod redis_restart;
 
 use std::time::Duration;
 
@@ -156,8 +169,64 @@ pub enum QueueError {
 pub struct Depth {
     /// Waiting to be delivered.
     pub ready: u64,
-    /// Dead-lettered.
+    /// Dead-lettered, in all: waiting for the watcher, plus parked.
     pub dead: u64,
+    /// Of those, parked: seen by a watcher (its job marked `failed`),
+    /// kept for a person.
+    pub parked: u64,
+}
+
+/// A dead letter, as the watcher reads it.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// The job, or why the bytes are not one (parked all the same).
+    pub envelope: Result<Envelope, DecodeError>,
+    /// The message as it came.
+    pub body: Vec<u8>,
+    /// Why the queue dead-lettered it, when the queue says: RabbitMQ's
+    /// `x-first-death-reason` (`delivery_limit`: the broker gave up on
+    /// it; `rejected`: a worker did). Redis's list records no reason.
+    pub reason: Option<String>,
+    pub(crate) handle: DeadHandle,
+}
+
+/// What a backend needs to park a dead letter.
+#[derive(Debug)]
+pub(crate) enum DeadHandle {
+    RabbitMq {
+        acker: lapin::Acker,
+        properties: Box<lapin::BasicProperties>,
+    },
+    Redis,
+}
+
+/// A reader of one queue's dead letters ([`JobQueue::dead_letters`]).
+pub enum DeadLetters {
+    /// RabbitMQ: a consumer of `<name>.dead` (boxed: its connection).
+    RabbitMq(Box<rabbitmq::RabbitDeadLetters>),
+    /// Redis: the oldest entry of `<prefix>:dead`.
+    Redis(redis::RedisDeadLetters),
+}
+
+impl DeadLetters {
+    /// The oldest dead letter not parked yet, waiting up to `wait`. It
+    /// stays a dead letter until [`DeadLetters::park`]: a watcher that
+    /// dies in between leaves it for the next.
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<DeadLetter>, QueueError> {
+        match self {
+            DeadLetters::RabbitMq(d) => d.next(wait).await,
+            DeadLetters::Redis(d) => d.next(wait).await,
+        }
+    }
+
+    /// Moves `letter` from the dead letters to the parked ones. Parking a
+    /// letter that another watcher parked first is not an error.
+    pub async fn park(&mut self, letter: &DeadLetter) -> Result<(), QueueError> {
+        match self {
+            DeadLetters::RabbitMq(d) => d.park(letter).await,
+            DeadLetters::Redis(d) => d.park(letter).await,
+        }
+    }
 }
 
 /// One job as a consumer received it.
@@ -215,6 +284,13 @@ pub trait JobQueue: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Self::Consumer, QueueError>> + Send;
 
+    /// Opens a reader of the dead letters, named `name` (the worker's
+    /// name): the watcher in every worker reads them with it.
+    fn dead_letters(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<DeadLetters, QueueError>> + Send;
+
     /// Deletes the queue and everything beside it (tests clean up with it).
     fn destroy(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
@@ -244,6 +320,15 @@ pub trait JobConsumer: Send + 'static {
         delivery: &Delivery,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
+    /// A new handle on the queue this consumer reads, on connections of
+    /// its own: the worker's housekeeping (the dead-letter watcher and the
+    /// sweeper, see [`crate::worker`]) publishes and reads through it, so
+    /// a worker given only its consumer still runs them.
+    ///
+    /// The future owns what it needs (it does not borrow the consumer), so
+    /// the worker can open it while it holds the consumer.
+    fn reopen(&self) -> impl Future<Output = Result<AnyQueue, QueueError>> + Send + 'static;
+
     /// Stops consuming; whatever this consumer still holds goes back to
     /// the queue at once (a graceful stop, unlike a crash, does not wait
     /// for the broker or the reaper to notice).
@@ -262,8 +347,8 @@ pub enum AnyQueue {
 pub enum AnyConsumer {
     /// RabbitMQ (boxed: its connection state is large).
     RabbitMq(Box<rabbitmq::RabbitConsumer>),
-    /// Redis lists.
-    Redis(redis::RedisConsumer),
+    /// Redis lists (boxed too: two connection managers).
+    Redis(Box<redis::RedisConsumer>),
 }
 
 impl AnyQueue {
@@ -318,8 +403,15 @@ impl JobQueue for AnyQueue {
     async fn consume(&self, name: &str) -> Result<AnyConsumer, QueueError> {
         Ok(match self {
             AnyQueue::RabbitMq(q) => AnyConsumer::RabbitMq(Box::new(q.consume(name).await?)),
-            AnyQueue::Redis(q) => AnyConsumer::Redis(q.consume(name).await?),
+            AnyQueue::Redis(q) => AnyConsumer::Redis(Box::new(q.consume(name).await?)),
         })
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<DeadLetters, QueueError> {
+        match self {
+            AnyQueue::RabbitMq(q) => q.dead_letters(name).await,
+            AnyQueue::Redis(q) => q.dead_letters(name).await,
+        }
     }
 
     async fn destroy(&self) -> Result<(), QueueError> {
@@ -359,10 +451,17 @@ impl JobConsumer for AnyConsumer {
         }
     }
 
+    fn reopen(&self) -> impl Future<Output = Result<AnyQueue, QueueError>> + Send + 'static {
+        match self {
+            AnyConsumer::RabbitMq(c) => futures::future::Either::Left(c.reopen()),
+            AnyConsumer::Redis(c) => futures::future::Either::Right(c.reopen()),
+        }
+    }
+
     async fn close(self) -> Result<(), QueueError> {
         match self {
             AnyConsumer::RabbitMq(c) => (*c).close().await,
-            AnyConsumer::Redis(c) => c.close().await,
+            AnyConsumer::Redis(c) => (*c).close().await,
         }
     }
 }

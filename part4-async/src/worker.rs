@@ -28,13 +28,46 @@
 //! stopped mid-job `MAX_DELIVERIES` times is dead-lettered. Production
 //! gives the grace period the length of its longest job.)
 //!
+//! ## Housekeeping: two gaps no single delivery can close
+//!
+//! [`Worker::run_until_stopped`] also starts, beside the loop above, one
+//! background task (on a handle of its own on the same queue,
+//! [`JobConsumer::reopen`]) that closes two gaps between the queue and the
+//! `jobs` rows:
+//!
+//! - **The dead-letter watcher.** A job whose *last* delivery dies with
+//!   its worker (killed mid-job on its final attempt) is dead-lettered by
+//!   the queue itself (RabbitMQ's `x-delivery-limit`, our Redis queue's
+//!   delivery count), and no worker lives to mark it: its row would say
+//!   `running` for ever, and the user's page would spin for ever. The
+//!   watcher reads the dead letters ([`crate::queue::DeadLetters`]), marks
+//!   each job that is not finished `failed` with the reason
+//!   (`dead-lettered after N deliveries: the worker holding it died`),
+//!   and parks the message, where it stays for a person. A job that a
+//!   worker gave up on is `failed` already and only parked.
+//! - **The sweeper.** A clone that dies between inserting a job's row and
+//!   publishing it leaves the row `queued` with nothing on the queue. Every
+//!   few seconds the sweeper publishes again the `queued` rows untouched
+//!   for `STALE_QUEUED_SECS`, at most `SWEEP_LIMIT` a pass. That is safe
+//!   because the effect happens once whatever the copies (the claim), and
+//!   a copy that finds its row finished is acked without work. Which
+//!   sweeper sends a row is decided by one conditional `UPDATE` per row
+//!   ([`crate::job::JobStore::take_stale`]), which also makes it fresh for
+//!   another window: with any number of workers, a stale row is sent again
+//!   once per window. The price: a job that simply *waits* in a long
+//!   queue for more than the window gets a second copy (a wasted
+//!   delivery, never a second effect); set the window above the longest
+//!   wait your backlog allows. (The other fix is an outbox: the envelope
+//!   written in the row's transaction and published from the table.)
+//!
+//! Tests run one pass of each ([`Worker::watch_dead_letters`],
+//! [`Worker::sweep`]).
+//!
 //! What is simplified: a failed attempt is retried at once (RabbitMQ and
 //! our Redis queue have no delay); production retries with a growing
 //! delay (a delayed-retry queue with a message TTL, or a sorted set by due
 //! time), so a database outage does not burn every job's delivery limit in
-//! a second. And a job whose last delivery died with its worker is
-//! dead-lettered by the queue while its row still says `running`: a
-//! consumer of the dead letters (not built) would mark those `failed`.
+//! a second.
 //!
 //! Tests step the worker one delivery at a time ([`Worker::step`]) instead
 //! of sleeping.
@@ -47,7 +80,9 @@ use futures::FutureExt;
 
 use crate::export;
 use crate::job::{Completed, Effect, Envelope, JobId, JobKind, JobStore};
-use crate::queue::{Delivery, JobConsumer, QueueError};
+use crate::queue::{
+    AnyQueue, DeadLetter, DeadLetters, Delivery, JobConsumer, JobQueue, QueueError,
+};
 
 /// The worker's own settings (the queue's are [`crate::queue::QueueConfig`]).
 #[derive(Debug, Clone, clap::Args)]
@@ -65,6 +100,13 @@ pub struct WorkerConfig {
     /// put back in the queue.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+    /// The sweeper publishes again `queued` rows untouched this long (a
+    /// clone died between the insert and the publish). 0 turns it off.
+    #[arg(long, env = "STALE_QUEUED_SECS", default_value_t = 60)]
+    pub stale_queued_secs: u64,
+    /// At most this many rows published again per sweep pass.
+    #[arg(long, env = "SWEEP_LIMIT", default_value_t = 100)]
+    pub sweep_limit: u32,
 }
 
 impl WorkerConfig {
@@ -75,6 +117,8 @@ impl WorkerConfig {
             worker_name: Some(name.to_owned()),
             job_min_ms: job_min.as_millis() as u64,
             shutdown_grace_ms: 10_000,
+            stale_queued_secs: 60,
+            sweep_limit: 100,
         }
     }
 
@@ -133,6 +177,37 @@ pub struct WorkerStats {
     pub retried: AtomicU64,
     /// Messages dead-lettered (poison jobs, garbage).
     pub dead_lettered: AtomicU64,
+    /// Jobs the dead-letter watcher marked `failed` (the queue gave up on
+    /// them, and no worker had said so).
+    pub dead_marked: AtomicU64,
+    /// Dead letters the watcher parked.
+    pub parked: AtomicU64,
+    /// Stale `queued` jobs the sweeper published again.
+    pub swept: AtomicU64,
+}
+
+/// What one dead letter came to ([`Worker::watch_dead_letters`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    /// The job, if the message could be decoded.
+    pub job_id: Option<JobId>,
+    /// The reason its row was marked `failed` with; `None` if the row was
+    /// finished already (a worker gave up on it and said why), absent, or
+    /// the message was not a job.
+    pub marked: Option<String>,
+}
+
+/// What one sweep pass did ([`Worker::sweep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Swept {
+    /// Stale `queued` rows found (at most the limit).
+    pub stale: u64,
+    /// Of those, published again by this pass.
+    pub republished: u64,
+    /// Taken by another sweeper first, or no longer queued.
+    pub skipped: u64,
+    /// Taken, but the publish failed (the row waits for another window).
+    pub failed: u64,
 }
 
 /// What a job attempt decided, before it is told to the queue.
@@ -149,11 +224,16 @@ pub struct Worker {
     job_min: Duration,
     grace: Duration,
     max_deliveries: u32,
+    stale: Duration,
+    sweep_limit: u32,
     stats: Arc<WorkerStats>,
 }
 
 /// How long one wait for a job lasts before the loop looks around again.
 const POLL: Duration = Duration::from_secs(1);
+
+/// How long housekeeping may take to stop once the worker has.
+const HOUSEKEEPING_STOP: Duration = Duration::from_secs(2);
 
 impl Worker {
     /// A worker over `store`, dead-lettering after `max_deliveries`
@@ -165,7 +245,24 @@ impl Worker {
             job_min: Duration::from_millis(config.job_min_ms),
             grace: Duration::from_millis(config.shutdown_grace_ms),
             max_deliveries: max_deliveries.max(1),
+            stale: Duration::from_secs(config.stale_queued_secs),
+            sweep_limit: config.sweep_limit,
             stats: Arc::new(WorkerStats::default()),
+        }
+    }
+
+    /// A copy for the housekeeping task (same store, name, settings and
+    /// counters).
+    fn twin(&self) -> Worker {
+        Worker {
+            store: self.store.clone(),
+            name: self.name.clone(),
+            job_min: self.job_min,
+            grace: self.grace,
+            max_deliveries: self.max_deliveries,
+            stale: self.stale,
+            sweep_limit: self.sweep_limit,
+            stats: self.stats.clone(),
         }
     }
 
@@ -227,6 +324,7 @@ impl Worker {
     ) -> Result<u64, QueueError> {
         let shutdown = shutdown.fuse();
         futures::pin_mut!(shutdown);
+        let housekeeping = self.start_housekeeping(consumer.reopen()).await;
         let mut handled = 0u64;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -280,15 +378,201 @@ impl Worker {
                 }
             }
             let processed = self.settle(&mut consumer, &delivery, decision).await;
-            tracing::info!(worker = %self.name, job = ?processed.job_id.as_ref().map(|i| i.to_string()), attempt = processed.attempt, outcome = ?processed.outcome, "handled");
+            // DEBUG: a demo runs workers in-process through hundreds of
+            // jobs; retries and dead letters are logged where they happen.
+            tracing::debug!(worker = %self.name, job = ?processed.job_id.as_ref().map(|i| i.to_string()), attempt = processed.attempt, outcome = ?processed.outcome, "handled");
             handled += 1;
             if stopping {
                 break;
             }
         }
+        if let Some((stop, task)) = housekeeping {
+            let _ = stop.send(true);
+            let abort = task.abort_handle();
+            if tokio::time::timeout(HOUSEKEEPING_STOP, task).await.is_err() {
+                // Whatever it held is safe: a dead letter not parked stays
+                // dead, a sweep not finished leaves rows queued.
+                abort.abort();
+            }
+        }
         consumer.close().await?;
-        tracing::info!(worker = %self.name, handled, "stopped");
+        tracing::debug!(worker = %self.name, handled, "stopped");
         Ok(handled)
+    }
+
+    /// Opens a handle on the consumer's queue (`reopen`, from
+    /// [`JobConsumer::reopen`]) and spawns the housekeeping task on it
+    /// (see the module docs). Without a handle the worker still works, and
+    /// says what it is missing.
+    async fn start_housekeeping(
+        &self,
+        reopen: impl Future<Output = Result<AnyQueue, QueueError>> + Send,
+    ) -> Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )> {
+        let queue = match reopen.await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(worker = %self.name, error = %e, "no dead-letter watcher or sweeper in this worker: jobs the queue gives up on may stay `running`, unpublished ones `queued`");
+                return None;
+            }
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(self.twin().housekeeping(queue, stopped));
+        Some((stop, task))
+    }
+
+    /// The housekeeping loop: read dead letters as they come, sweep every
+    /// [`Worker::sweep_every`], until `stop` turns true.
+    async fn housekeeping(self, queue: AnyQueue, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut letters: Option<DeadLetters> = None;
+        let mut backoff = Duration::from_millis(200);
+        let sweep_every = self.sweep_every();
+        let mut next_sweep = tokio::time::Instant::now() + sweep_every.unwrap_or_default();
+        // Stop when told, or when the worker's loop is gone without
+        // telling (its future dropped: the sender with it).
+        while !*stop.borrow() && stop.has_changed().is_ok() {
+            if let Some(every) = sweep_every
+                && tokio::time::Instant::now() >= next_sweep
+            {
+                match self.sweep(&queue).await {
+                    Ok(s) if s.stale > 0 => {
+                        tracing::info!(worker = %self.name, stale = s.stale, republished = s.republished, skipped = s.skipped, failed = s.failed, "swept stale queued jobs");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(worker = %self.name, error = %e, "the sweep failed"),
+                }
+                next_sweep = tokio::time::Instant::now() + every;
+            }
+            let reader = match letters.as_mut() {
+                Some(r) => r,
+                None => match queue.dead_letters(&self.name).await {
+                    Ok(r) => {
+                        backoff = Duration::from_millis(200);
+                        letters.insert(r)
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = %self.name, error = %e, retry_in = ?backoff, "cannot read the dead letters");
+                        tokio::select! {
+                            _ = stop.changed() => {}
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
+            let watched = tokio::select! {
+                _ = stop.changed() => break,
+                w = self.watch_dead_letters(reader, POLL) => w,
+            };
+            if let Err(e) = watched {
+                tracing::warn!(worker = %self.name, error = %e, "the dead-letter reader failed: opening another");
+                letters = None;
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// How often the sweeper runs: a quarter of the window, between 1 and
+    /// 15 s; `None` when it is off (`STALE_QUEUED_SECS=0`).
+    pub fn sweep_every(&self) -> Option<Duration> {
+        (!self.stale.is_zero())
+            .then(|| (self.stale / 4).clamp(Duration::from_secs(1), Duration::from_secs(15)))
+    }
+
+    /// The dead-letter watcher, one step: waits up to `wait` for a dead
+    /// letter and handles it (marks its job `failed` if it is not
+    /// finished, then parks it); `None` if none came. A database error
+    /// leaves the letter dead (not parked) for the next step.
+    pub async fn watch_dead_letters(
+        &self,
+        letters: &mut DeadLetters,
+        wait: Duration,
+    ) -> Result<Option<Watched>, QueueError> {
+        let Some(letter) = letters.next(wait).await? else {
+            return Ok(None);
+        };
+        let marked = match self.mark_dead_letter(&letter).await {
+            Ok(m) => m,
+            Err(e) => {
+                // Not parked: it stays a dead letter, and comes back.
+                return Err(QueueError::Other {
+                    backend: "the job store",
+                    reason: format!(
+                        "could not mark a dead-lettered job failed, left it dead for another try: {e:#}"
+                    ),
+                });
+            }
+        };
+        letters.park(&letter).await?;
+        self.stats.parked.fetch_add(1, Ordering::Relaxed);
+        let job_id = letter.envelope.as_ref().ok().map(|e| e.id.clone());
+        if let Some(reason) = &marked {
+            self.stats.dead_marked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(worker = %self.name, job = ?job_id.as_ref().map(|i| i.to_string()), %reason, "marked a dead-lettered job failed");
+        }
+        Ok(Some(Watched { job_id, marked }))
+    }
+
+    /// Marks the job of a dead letter `failed` unless it is finished;
+    /// returns the reason written, if any.
+    async fn mark_dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<Option<String>> {
+        let Ok(envelope) = &letter.envelope else {
+            // Garbage has no job to mark: parked as it is.
+            return Ok(None);
+        };
+        let n = self.max_deliveries;
+        let reason = match letter.reason.as_deref() {
+            // Redis records no reason; a worker marks its own dead letters
+            // before sending them, so an unfinished row means the limit.
+            None | Some("delivery_limit") => {
+                format!("dead-lettered after {n} deliveries: the worker holding it died")
+            }
+            Some("rejected") => "dead-lettered by a worker that could not record why (was the database reachable?): see the worker's log".to_owned(),
+            Some(other) => format!("dead-lettered by the queue ({other})"),
+        };
+        let changed = self.store.fail_unfinished(&envelope.id, &reason).await?;
+        Ok(changed.then_some(reason))
+    }
+
+    /// One sweep pass: publishes again, on `queue`, the `queued` rows
+    /// untouched for `STALE_QUEUED_SECS` (at most `SWEEP_LIMIT`), each
+    /// taken first by a conditional update so that no other sweeper sends
+    /// it too (see the module docs). Stops at the first failed publish:
+    /// the queue is down, and the rows wait for the next window.
+    pub async fn sweep<Q: JobQueue>(&self, queue: &Q) -> anyhow::Result<Swept> {
+        let mut swept = Swept::default();
+        if self.stale.is_zero() {
+            return Ok(swept);
+        }
+        let stale_ms = self.stale.as_millis() as i64;
+        let ids = self.store.stale_queued(stale_ms, self.sweep_limit).await?;
+        swept.stale = ids.len() as u64;
+        for id in ids {
+            if !self.store.take_stale(&id, stale_ms).await? {
+                swept.skipped += 1;
+                continue;
+            }
+            let Some(job) = self.store.get(&id).await? else {
+                swept.skipped += 1;
+                continue;
+            };
+            let envelope = Envelope::new(job.id, job.kind, job.params);
+            if let Err(e) = queue.enqueue(&envelope).await {
+                swept.failed += 1;
+                tracing::warn!(worker = %self.name, job = %id, error = %e, "the sweeper could not publish a stale job: it waits for the next window");
+                break;
+            }
+            swept.republished += 1;
+            self.stats.swept.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(swept)
     }
 
     /// Tells the queue what `process` decided, and counts it.

@@ -12,29 +12,40 @@
 //! cost, and Memcached's get p50 was 2.4x and 4.2x Redis's (experiment 6).
 //!
 //! **How coalescing gives Memcached the same shape** (Facebook's
-//! DataLoader pattern). A call does not talk to the server: it hands its
-//! key and a reply slot to one of a few *lanes* (a task each, round
-//! robin). A lane takes one request, then everything else already queued
-//! (never waiting for more: no timer, so one caller alone is served at
-//! once), serves them with ONE pipelined multi-get (memcached's meta
-//! commands, one write, one read, answers matched by opaque tokens) and
-//! answers each caller. While that exchange is in flight new calls queue
-//! up, and form the next batch: the batch size follows the load by
-//! itself, 1 when idle, tens under a burst. The relay of experiment 6
-//! counts it on the wire: 200 concurrent gets, a handful of round trips.
-//! Nothing here is about gets: `backend/memcached.rs` runs sets through
-//! lanes of their own the same way (pipelined `ms` commands).
+//! DataLoader pattern). A call that finds other calls under way does not
+//! talk to the server: it hands its key and a reply slot to one of a few
+//! *lanes* (a task each, round robin). A lane takes one request, then
+//! everything else already queued (never waiting for more: no timer),
+//! serves them with ONE pipelined multi-get (memcached's meta commands,
+//! one write, one read, answers matched by opaque tokens) and answers each
+//! caller. While that exchange is in flight new calls queue up, and form
+//! the next batch: the batch size follows the load by itself, tens under a
+//! burst. The relay of experiment 6 counts it on the wire: 200 concurrent
+//! gets, a handful of round trips. Nothing here is about gets:
+//! `backend/memcached.rs` runs sets through lanes of their own the same way
+//! (pipelined `ms` commands).
 //!
-//! **What it costs.** Two hops between tasks (the request through a
-//! channel, the answer through a oneshot): a few microseconds, paid by
-//! every call, including the lone caller who had nothing to share. And a
-//! failed batch fails every call in it, with the same error, which the
-//! server turns into a bypass like any other cache error.
+//! **The lone caller skips the lanes.** A call that finds no other call
+//! under way (the counter of calls in progress was 0) has nothing to share
+//! a batch with: it serves its key itself, as a batch of one, in its own
+//! task. A lane would have cost it two hops between tasks (the request
+//! through a channel, the answer through a oneshot), and on an idle
+//! machine each hop is a wake-up of a parked thread: tens of microseconds
+//! on a get that takes about thirty. That is the case of experiment 3's
+//! "a hit against an assembly": one reader, one get after another.
+//! Concurrent callers still meet in the lanes: while the lone call is in
+//! flight, the next ones see it counted and queue up.
+//!
+//! **What it costs.** The hops, for every call that does share (a few
+//! microseconds on a busy machine, repaid many times by the shared
+//! exchange). And a failed batch fails every call in it, with the same
+//! error, which the server turns into a bypass like any other cache error.
 //!
 //! Each caller keeps its own deadline ([`super::Limits`]): a caller who
-//! gives up leaves a closed reply slot, which the lane skips. The lanes
-//! end when the last handle to the [`Coalescer`] is dropped (their
-//! channels close), so a dropped client leaks no task.
+//! gives up leaves a closed reply slot, which the lane skips, and is no
+//! longer counted as under way. The lanes end when the last handle to the
+//! [`Coalescer`] is dropped (their channels close), so a dropped client
+//! leaks no task.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,10 +67,35 @@ struct Waiter<K, V> {
     reply: oneshot::Sender<Answer<V>>,
 }
 
-/// Lanes of batching tasks, fed round robin.
+/// Lanes of batching tasks, fed round robin, and the short way round them
+/// for a caller alone.
 pub(crate) struct Coalescer<K, V> {
     lanes: Vec<mpsc::UnboundedSender<Waiter<K, V>>>,
     next: AtomicUsize,
+    /// Calls under way (served alone or queued on a lane): 0 when a new
+    /// call finds nobody to share a batch with.
+    under_way: AtomicUsize,
+    /// The lanes' batch function, for the caller alone.
+    batch: BatchFn<K, V>,
+}
+
+/// Counts a call as under way until it ends or is dropped (a caller past
+/// its deadline drops its call mid-way: it must not stay counted, or no
+/// later call would be served alone again).
+struct UnderWay<'a>(&'a AtomicUsize);
+
+impl<'a> UnderWay<'a> {
+    /// Counts one more call; also says whether it is the only one.
+    fn enter(counter: &'a AtomicUsize) -> (Self, bool) {
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        (UnderWay(counter), before == 0)
+    }
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
@@ -81,16 +117,32 @@ impl<K: Send + 'static, V: Send + 'static> Coalescer<K, V> {
         Coalescer {
             lanes,
             next: AtomicUsize::new(0),
+            under_way: AtomicUsize::new(0),
+            batch,
         }
     }
 
-    /// Queues `key` on the next lane and waits for its answer.
+    /// Waits for the answer for `key`: served on the spot, in the caller's
+    /// task, when no other call is under way; otherwise queued on the next
+    /// lane, to share its batch.
     ///
     /// `Err(key)` when the lane is gone (its runtime shut down: a client
     /// used from another runtime than the one that built it): the caller
     /// serves the key itself.
     pub async fn call(&self, key: K) -> Result<Answer<V>, K> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        if self.lanes[i].is_closed() {
+            return Err(key);
+        }
+        let (_counted, alone) = UnderWay::enter(&self.under_way);
+        if alone {
+            let mut answers = serve(&self.batch, vec![key]).await;
+            return Ok(answers.pop().unwrap_or_else(|| {
+                Err(CacheError::Unavailable(
+                    "a batch of one came back without an answer".to_owned(),
+                ))
+            }));
+        }
         let (reply, answer) = oneshot::channel();
         if let Err(mpsc::error::SendError(w)) = self.lanes[i].send(Waiter { key, reply }) {
             return Err(w.key);
@@ -125,30 +177,28 @@ async fn lane<K, V>(
             continue;
         }
         let (keys, replies): (Vec<K>, Vec<_>) = waiters.drain(..).map(|w| (w.key, w.reply)).unzip();
-        let n = keys.len();
-        match batch(keys).await {
-            Ok(answers) if answers.len() == n => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    // A caller who left meanwhile: nothing to do.
-                    let _ = reply.send(answer);
-                }
-            }
-            Ok(answers) => {
-                let e = CacheError::Unavailable(format!(
-                    "a batch of {n} keys came back with {} answers",
-                    answers.len()
-                ));
-                answer_all(replies, &e);
-            }
-            Err(e) => answer_all(replies, &e),
+        for (reply, answer) in replies.into_iter().zip(serve(&batch, keys).await) {
+            // A caller who left meanwhile: nothing to do.
+            let _ = reply.send(answer);
         }
     }
 }
 
-/// The batch's error, to each of its callers.
-fn answer_all<V>(replies: Vec<oneshot::Sender<Answer<V>>>, e: &CacheError) {
-    for reply in replies {
-        let _ = reply.send(Err(same(e)));
+/// Serves `keys` with one call of `batch`: exactly one answer per key, in
+/// their order (a failed batch, or one with the wrong number of answers,
+/// is the same error for each key).
+async fn serve<K, V>(batch: &BatchFn<K, V>, keys: Vec<K>) -> Vec<Answer<V>> {
+    let n = keys.len();
+    match batch(keys).await {
+        Ok(answers) if answers.len() == n => answers,
+        Ok(answers) => {
+            let e = CacheError::Unavailable(format!(
+                "a batch of {n} keys came back with {} answers",
+                answers.len()
+            ));
+            (0..n).map(|_| Err(same(&e))).collect()
+        }
+        Err(e) => (0..n).map(|_| Err(same(&e))).collect(),
     }
 }
 
@@ -230,10 +280,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_number_of_answers_is_an_error_for_all() {
-        let f: BatchFn<u32, u32> = Arc::new(|_keys| Box::pin(async { Ok(vec![Ok(1)]) }));
+        // No answer at all, whatever the batch: wrong for the caller alone
+        // and for a shared batch alike.
+        let f: BatchFn<u32, u32> = Arc::new(|_keys| Box::pin(async { Ok(Vec::new()) }));
         let c = Coalescer::spawn(1, 64, f);
-        // Two queued before the lane runs: one batch of two, one answer.
-        let answers = futures::future::join_all([c.call(1), c.call(2)]).await;
+        let answers = futures::future::join_all([c.call(1), c.call(2), c.call(3)]).await;
         assert!(
             answers
                 .into_iter()
@@ -245,17 +296,112 @@ mod tests {
     async fn callers_who_left_are_skipped() {
         let (f, sizes) = recording(false);
         let c = Coalescer::spawn(1, 64, f);
+        // One call under way (served alone: it was first), so the next
+        // ones queue on the lane.
+        let mut held = std::pin::pin!(c.call(0));
+        assert!(futures::poll!(held.as_mut()).is_pending());
         // Ten calls queued then abandoned before the lane runs.
-        for k in 0..10 {
+        for k in 1..=10 {
             let call = std::pin::pin!(c.call(k));
             assert!(futures::poll!(call).is_pending());
         }
         assert_eq!(c.call(99).await.ok().unwrap().unwrap(), 198);
+        assert_eq!(held.await.ok().unwrap().unwrap(), 0);
         assert_eq!(
             *sizes.lock().unwrap(),
-            vec![1],
-            "only the caller who stayed"
+            vec![1, 1],
+            "the first caller alone, then the lane's batch of the only caller who stayed"
         );
+    }
+
+    /// A batch function that answers each key with the id of the task
+    /// that served the batch: the caller's own, or a lane's.
+    fn served_by() -> BatchFn<u32, tokio::task::Id> {
+        Arc::new(|keys: Vec<u32>| {
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                Ok(keys.iter().map(|_| Ok(tokio::task::id())).collect())
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_caller_alone_is_served_in_its_own_task() {
+        let c = Arc::new(Coalescer::spawn(2, 64, served_by()));
+        for _ in 0..5 {
+            let c = c.clone();
+            let (me, served) = tokio::spawn(async move {
+                let served = c.call(1).await.ok().unwrap().unwrap();
+                (tokio::task::id(), served)
+            })
+            .await
+            .unwrap();
+            assert_eq!(me, served, "no hop to a lane for a caller alone");
+        }
+        assert_eq!(c.under_way.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_caller_who_finds_another_under_way_goes_to_a_lane() {
+        let c = Coalescer::spawn(2, 64, served_by());
+        // In a task of its own: the test's body is not one.
+        tokio::spawn(async move {
+            let me = tokio::task::id();
+            let mut first = std::pin::pin!(c.call(1));
+            assert!(futures::poll!(first.as_mut()).is_pending());
+            let second = c.call(2).await.ok().unwrap().unwrap();
+            assert_ne!(second, me, "served by a lane");
+            assert_eq!(first.await.ok().unwrap().unwrap(), me, "served alone");
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_in_a_closed_loop_keep_sharing_the_lanes() {
+        // Sixteen callers, each calling again as soon as it is answered
+        // (experiment 6's load): a caller leaves and comes back within
+        // one poll of its task, so the count of calls under way never
+        // falls to 0 while the others wait, and hardly any call is alone.
+        let c = Arc::new(Coalescer::spawn(2, 64, served_by()));
+        let callers: Vec<_> = (0..16u32)
+            .map(|k| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let me = tokio::task::id();
+                    let mut alone = 0;
+                    for _ in 0..50 {
+                        if c.call(k).await.ok().unwrap().unwrap() == me {
+                            alone += 1;
+                        }
+                    }
+                    alone
+                })
+            })
+            .collect();
+        let mut alone = 0;
+        for caller in callers {
+            alone += caller.await.unwrap();
+        }
+        assert!(
+            alone <= 32,
+            "{alone} of 800 calls in a closed loop of 16 were served alone"
+        );
+        assert_eq!(c.under_way.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_is_no_longer_counted_under_way() {
+        let (f, sizes) = recording(false);
+        let c = Coalescer::spawn(1, 64, f);
+        for k in 0..3 {
+            let call = std::pin::pin!(c.call(k));
+            assert!(futures::poll!(call).is_pending());
+        }
+        assert_eq!(c.under_way.load(Ordering::SeqCst), 0);
+        // So the next caller is alone again: a batch of one of its own.
+        assert_eq!(c.call(5).await.ok().unwrap().unwrap(), 10);
+        assert_eq!(sizes.lock().unwrap().len(), 4, "each call served alone");
     }
 
     /// Dropped with the lanes: tells the test the lanes ended.

@@ -31,8 +31,8 @@
 //! key on one of [`LANES`] batching tasks, which serve whatever is queued
 //! with one pipelined multi-get (the lesson is in `backend/coalesce.rs`).
 //! `set` does the same with lanes of its own (pipelined `ms` commands).
-//! One caller alone is still served at once, at the price of a hop between
-//! tasks. `get_many`, `add`, `delete` and `delete_many` talk to the server
+//! A caller alone (no other call under way) skips the lanes and is served
+//! in its own task, with no hop (see `backend/coalesce.rs`). `get_many`, `add`, `delete` and `delete_many` talk to the server
 //! directly: the first two are one exchange already, and `add` (the lease)
 //! and `delete` (the invalidation) are rare beside gets and sets.
 

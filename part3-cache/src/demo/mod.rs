@@ -287,6 +287,15 @@ fn default_server_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Prints an experiment's wall time: the whole tour has a budget (15
+/// minutes on a fresh machine), and this shows where it goes.
+fn took(started: Instant) {
+    common::demo::line(format!(
+        "(this experiment took {:.1} s)",
+        started.elapsed().as_secs_f64()
+    ));
+}
+
 /// Runs every experiment in the article's order, prints it, and writes `part3.json`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -355,92 +364,114 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     ));
     if demo.wants(1) {
+        let t = Instant::now();
         lesson(
             1,
             "No cache",
             "The article page and the feed straight from MariaDB, under a Zipf load: what each request costs the database, counted by the database.",
         );
         no_cache::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(2) {
+        let t = Instant::now();
         lesson(
             2,
             "Cached queries",
             "Key = hash of the SQL and its parameters. A comment lands in a cached result: stale reads; flush on every write: the hit ratio collapses. Beside it, MariaDB's own query cache.",
         );
         query_cache::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(3) {
+        let t = Instant::now();
         lesson(
             3,
             "Cached objects",
             "Key = the object's name; every write deletes what it changed after it commits: 0 stale reads, and the database queries saved.",
         );
         object_cache::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(4) {
+        let t = Instant::now();
         lesson(
             4,
             "A file cache on each clone's disk (never)",
             "A write through one clone deletes that clone's file: the others serve the old page.",
         );
         file_cache::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(5) {
+        let t = Instant::now();
         lesson(
             5,
             "Activity streams and the friend graph",
             "The feed merged from cached per-author objects, for the median and the most connected user; mutual friends from a Redis set intersection against SQL.",
         );
         streams::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(6) {
+        let t = Instant::now();
         lesson(
             6,
             "Memcached against Redis",
             "One trait, two servers: get and set latency at 1, 16 and 64 at once, one multi-get against N gets, memory per object.",
         );
         backends::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(7) {
+        let t = Instant::now();
         lesson(
             7,
             "A cache smaller than the data",
             "Zipf reads through a cache holding a fraction of the objects: the hit ratio against its size, beside the best any cache of that size could do.",
         );
         eviction::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(8) {
+        let t = Instant::now();
         lesson(
             8,
             "Restarts, and sessions in a cache",
             "Redis keeps what it persisted; Memcached comes back cold, and the database pays. Sessions in Memcached: a restart logs everyone out.",
         );
         restart::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(9) {
+        let t = Instant::now();
         lesson(
             9,
             "Stampede",
             "A hot object expires while 100 readers want it: database assemblies with no protection, single-flight, a lease, XFetch.",
         );
         stampede::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(10) {
+        let t = Instant::now();
         lesson(
             10,
             "The stale-set race",
             "A read loads from a lagging replica, a write deletes the key, the slow read stores the old object: reproduced, counted, fixed.",
         );
         stale_set::run(&mut demo).await?;
+        took(t);
     }
     if demo.wants(11) {
+        let t = Instant::now();
         lesson(
             11,
             "The cache goes down",
             "Memcached stopped under load: every request is served from the database, slower; started again: the hit ratio climbs back.",
         );
         cache_down::run(&mut demo).await?;
+        took(t);
     }
     let path = demo.results.write(&demo.args.demo.results_dir)?;
     println!(

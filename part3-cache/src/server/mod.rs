@@ -325,6 +325,34 @@ pub struct CacheLayer {
     pub cache: Arc<Cache>,
 }
 
+impl CacheLayer {
+    /// Fills article `id`'s cached object (`article:{id}`) now, as a read
+    /// that misses would, for part 4's workers: after a write's
+    /// invalidation deleted it, the worker reads it back through the same
+    /// read-through (from the primary, under the stampede protection and
+    /// the stale-set guard: a write that lands during the load keeps this
+    /// fill out of the cache), so the next reader hits. `Hit`: it was
+    /// already there; `Bypass`: no object cache (`--cache none|query`) or
+    /// the cache did not answer. `404` if the article does not exist.
+    pub async fn fill_article(&self, id: u64) -> Result<Outcome, ApiError> {
+        if self.cache.mode != CacheMode::Object {
+            return Ok(Outcome::Bypass);
+        }
+        let (shape, primary) = (self.data.shape, self.data.db.primary().clone());
+        let (_, x) = self
+            .cache
+            .bytes(Some(cache::article_key(id)), || async move {
+                let page = articles::page(&primary, shape, id)
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .ok_or_else(|| ApiError::NotFound(format!("no article {id}")))?;
+                Ok((to_json(&page)?, true))
+            })
+            .await?;
+        Ok(x)
+    }
+}
+
 impl AppPart for CacheLayer {
     fn routes<S: SessionStore>(&self, app: Arc<AppState<S>>) -> Router {
         let ctx = Arc::new(Ctx {

@@ -1,6 +1,10 @@
-//! Part 4's demo. Not built yet: it says so and exits.
+//! Part 4's demo: `./lab tour part4`, or
+//! `cargo run --release -p part4-async --bin part4-demo` with the stack up
+//! (`DEMO_SECONDS=1 DEMO_REUSE=true` for a quick look). The experiments
+//! are listed in `part4_async::demo`.
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     common::telemetry::init();
-    part4_async::placeholder_demo()
+    part4_async::demo::run(clap::Parser::parse()).await
 }

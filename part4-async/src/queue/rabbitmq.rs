@@ -51,7 +51,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use super::{Backend, Delivery, Depth, Handle, JobConsumer, JobQueue, QueueConfig, QueueError};
+use super::{
+    AnyQueue, Backend, DeadHandle, DeadLetter, DeadLetters, Delivery, Depth, Handle, JobConsumer,
+    JobQueue, QueueConfig, QueueError,
+};
 use crate::job::Envelope;
 
 /// How long a connection attempt may take before the broker is called
@@ -61,15 +64,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// The names of the queue's three objects.
+/// The names of the queue's four objects.
 #[derive(Debug, Clone)]
 struct Topology {
     /// The work queue (quorum).
     queue: String,
     /// Where rejected and over-delivered messages go (fanout).
     dlx: String,
-    /// What the dead-letter exchange feeds: the dead letters, for people.
+    /// What the dead-letter exchange feeds: the dead letters, which the
+    /// workers' watchers read.
     dead: String,
+    /// Where a watcher moves each dead letter it has handled: kept for
+    /// people (RabbitMQ's tools, `rabbitmqctl list_queues`).
+    parked: String,
 }
 
 impl Topology {
@@ -78,6 +85,7 @@ impl Topology {
             queue: name.to_owned(),
             dlx: format!("{name}.dlx"),
             dead: format!("{name}.dead"),
+            parked: format!("{name}.parked"),
         }
     }
 }
@@ -136,6 +144,10 @@ async fn declare(
         .queue_declare(topology.dead.as_str().into(), durable, quorum.clone())
         .await
         .map_err(|e| mismatch(&topology.dead, e))?;
+    channel
+        .queue_declare(topology.parked.as_str().into(), durable, quorum.clone())
+        .await
+        .map_err(|e| mismatch(&topology.parked, e))?;
     channel
         .queue_bind(
             topology.dead.as_str().into(),
@@ -361,10 +373,18 @@ impl JobQueue for RabbitQueue {
     }
 
     async fn depth(&self) -> Result<Depth, QueueError> {
+        let parked = self.count(&self.topology.parked).await?;
         Ok(Depth {
             ready: self.count(&self.topology.queue).await?,
-            dead: self.count(&self.topology.dead).await?,
+            dead: self.count(&self.topology.dead).await? + parked,
+            parked,
         })
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<DeadLetters, QueueError> {
+        Ok(DeadLetters::RabbitMq(Box::new(
+            RabbitDeadLetters::open(&self.url, &self.config, &self.topology, name).await?,
+        )))
     }
 
     async fn consume(&self, name: &str) -> Result<RabbitConsumer, QueueError> {
@@ -386,7 +406,11 @@ impl JobQueue for RabbitQueue {
 
     async fn destroy(&self) -> Result<(), QueueError> {
         let channel = self.channel().await?;
-        for queue in [&self.topology.queue, &self.topology.dead] {
+        for queue in [
+            &self.topology.queue,
+            &self.topology.dead,
+            &self.topology.parked,
+        ] {
             channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await
@@ -572,6 +596,15 @@ impl JobConsumer for RabbitConsumer {
         self.settled(outcome)
     }
 
+    fn reopen(&self) -> impl Future<Output = Result<AnyQueue, QueueError>> + Send + 'static {
+        let (url, config) = (self.url.clone(), self.config.clone());
+        async move {
+            Ok(AnyQueue::RabbitMq(
+                RabbitQueue::connect(&url, config).await?,
+            ))
+        }
+    }
+
     async fn close(mut self) -> Result<(), QueueError> {
         if let Some(state) = self.state.take() {
             let _ = state
@@ -582,6 +615,133 @@ impl JobConsumer for RabbitConsumer {
             let _ = state.channel.close(200, "worker stopping".into()).await;
             let _ = state.connection.close(200, "worker stopping".into()).await;
         }
+        Ok(())
+    }
+}
+
+/// A header of a dead-lettered message, as text.
+fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(v) => Some(v.to_string()),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The watcher's reader of `<name>.dead`: a consumer with manual acks on
+/// a confirm-mode channel of its own connection. A letter is acked only
+/// once its copy in `<name>.parked` is confirmed, so a watcher that dies
+/// in between leaves it in the dead letters (at worst parked twice).
+pub struct RabbitDeadLetters {
+    topology: Topology,
+    /// Kept for the channel's sake; dropping it closes the connection,
+    /// which hands back whatever was not parked yet.
+    _connection: Connection,
+    channel: Channel,
+    stream: lapin::Consumer,
+}
+
+impl RabbitDeadLetters {
+    async fn open(
+        url: &str,
+        config: &QueueConfig,
+        topology: &Topology,
+        name: &str,
+    ) -> Result<Self, QueueError> {
+        let connection = open(
+            url,
+            &format!("{} dead-letter watcher {name}", topology.queue),
+        )
+        .await?;
+        let channel = connection.create_channel().await.map_err(other)?;
+        declare(&channel, topology, config).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(other)?;
+        channel
+            .basic_qos(16, BasicQosOptions { global: false })
+            .await
+            .map_err(other)?;
+        let stream = channel
+            .basic_consume(
+                topology.dead.as_str().into(),
+                format!("{name}-dead-letters").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(other)?;
+        Ok(RabbitDeadLetters {
+            topology: topology.clone(),
+            _connection: connection,
+            channel,
+            stream,
+        })
+    }
+
+    pub(crate) async fn next(&mut self, wait: Duration) -> Result<Option<DeadLetter>, QueueError> {
+        match tokio::time::timeout(wait, self.stream.next()).await {
+            Err(_) => Ok(None),
+            Ok(Some(Ok(d))) => Ok(Some(DeadLetter {
+                envelope: Envelope::decode(&d.data),
+                reason: header_text(&d.properties, "x-first-death-reason"),
+                handle: DeadHandle::RabbitMq {
+                    acker: d.acker,
+                    properties: Box::new(d.properties),
+                },
+                body: d.data,
+            })),
+            Ok(Some(Err(e))) => Err(other(format!(
+                "the dead-letter reader lost its connection ({e}): open a new one"
+            ))),
+            Ok(None) => Err(other(
+                "the broker cancelled the dead-letter reader: open a new one",
+            )),
+        }
+    }
+
+    pub(crate) async fn park(&mut self, letter: &DeadLetter) -> Result<(), QueueError> {
+        let DeadHandle::RabbitMq { acker, properties } = &letter.handle else {
+            return Err(other("a Redis dead letter cannot be parked on RabbitMQ"));
+        };
+        // The same properties: the broker's `x-death` headers (why, from
+        // which queue, how often) stay on it for whoever reads the shelf.
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.topology.parked.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &letter.body,
+                (**properties).clone().with_delivery_mode(2),
+            )
+            .await
+            .map_err(other)?
+            .await
+            .map_err(other)?;
+        match confirm {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r)) => {
+                return Err(QueueError::Unroutable {
+                    queue: self.topology.parked.clone(),
+                    reply: format!("{} {}", r.reply_code, r.reply_text),
+                });
+            }
+            Confirmation::Nack(None) => return Err(QueueError::Nacked),
+            Confirmation::NotRequested => {
+                return Err(other(
+                    "confirms are off on the dead-letter reader's channel",
+                ));
+            }
+        }
+        acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|_| QueueError::Stale)?;
         Ok(())
     }
 }

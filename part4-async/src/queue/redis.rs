@@ -25,7 +25,9 @@
 //!   count). Past `MAX_DELIVERIES` the consumer moves the job to
 //!   `<q>:dead` instead of handing it out, as RabbitMQ's delivery limit
 //!   does.
-//! - **Dead letters** are the list `<q>:dead`.
+//! - **Dead letters** are the list `<q>:dead`; the workers' watchers move
+//!   each one they have handled to `<q>:parked`, the shelf for people
+//!   (see [`crate::queue`]).
 //! - **Strays.** A connection cut right after the server did a `BLMOVE`
 //!   loses its answer: the job sits in our processing list and we do not
 //!   know it. After any error, once the consumer holds nothing, it moves
@@ -58,9 +60,14 @@
 //! groups, or replayed: a list forgets what was acked.
 //!
 //! What Redis does not promise: `LPUSH`'s reply means "in memory". The
-//! lab's Redis appends to its file every second (`appendfsync everysec`),
-//! so a crash can lose the last second of jobs; RabbitMQ's confirm comes
-//! after the disk. The keys are built inside Lua, which Redis Cluster
+//! lab's Redis appends to its file every second (`appendonly yes`,
+//! `appendfsync everysec`): a killed *process* loses nothing the kernel
+//! already has, but a crash of the machine can lose the last second of
+//! jobs; RabbitMQ's confirm comes after the disk. A Redis with no
+//! persistence at all (`appendonly no`, `save ""`) forgets every queued
+//! job when it restarts; `appendfsync always` makes each `LPUSH` wait for
+//! the disk. [`super::redis_restart`] counts each case on a private
+//! redis-server. The keys are built inside Lua, which Redis Cluster
 //! would refuse (every key must be passed in): one Redis here.
 
 use std::sync::Arc;
@@ -70,7 +77,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{Backend, Delivery, Depth, Handle, JobConsumer, JobQueue, QueueConfig, QueueError};
+use super::{
+    AnyQueue, Backend, DeadHandle, DeadLetter, DeadLetters, Delivery, Depth, Handle, JobConsumer,
+    JobQueue, QueueConfig, QueueError,
+};
 use crate::job::Envelope;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,6 +91,7 @@ struct Keys {
     prefix: String,
     queue: String,
     dead: String,
+    parked: String,
     deliveries: String,
     consumers: String,
 }
@@ -91,6 +102,7 @@ impl Keys {
             prefix: prefix.to_owned(),
             queue: format!("{prefix}:queue"),
             dead: format!("{prefix}:dead"),
+            parked: format!("{prefix}:parked"),
             deliveries: format!("{prefix}:deliveries"),
             consumers: format!("{prefix}:consumers"),
         }
@@ -294,13 +306,25 @@ impl JobQueue for RedisQueue {
     }
 
     async fn depth(&self) -> Result<Depth, QueueError> {
-        let (ready, dead): (u64, u64) = redis::pipe()
+        let (ready, dead, parked): (u64, u64, u64) = redis::pipe()
             .llen(&self.keys.queue)
             .llen(&self.keys.dead)
+            .llen(&self.keys.parked)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(other)?;
-        Ok(Depth { ready, dead })
+        Ok(Depth {
+            ready,
+            dead: dead + parked,
+            parked,
+        })
+    }
+
+    async fn dead_letters(&self, _name: &str) -> Result<DeadLetters, QueueError> {
+        Ok(DeadLetters::Redis(RedisDeadLetters {
+            conn: self.conn.clone(),
+            keys: self.keys.clone(),
+        }))
     }
 
     async fn consume(&self, name: &str) -> Result<RedisConsumer, QueueError> {
@@ -321,6 +345,7 @@ impl JobQueue for RedisQueue {
             self.reaped.clone(),
         ));
         Ok(RedisConsumer {
+            origin: Arc::new((self.url.clone(), self.config.clone())),
             processing: self.keys.processing(&id),
             id,
             keys: self.keys.clone(),
@@ -339,6 +364,7 @@ impl JobQueue for RedisQueue {
         let mut keys = vec![
             self.keys.queue.clone(),
             self.keys.dead.clone(),
+            self.keys.parked.clone(),
             self.keys.deliveries.clone(),
             self.keys.consumers.clone(),
         ];
@@ -405,6 +431,9 @@ async fn heartbeat(
 /// One consumer: its processing list, its blocking connection, its
 /// heartbeat.
 pub struct RedisConsumer {
+    /// The URL and settings, for [`JobConsumer::reopen`] (shared: the
+    /// consumer stays small).
+    origin: Arc<(String, QueueConfig)>,
     id: String,
     keys: Keys,
     processing: String,
@@ -601,6 +630,16 @@ impl JobConsumer for RedisConsumer {
         self.let_go(result)
     }
 
+    fn reopen(&self) -> impl Future<Output = Result<AnyQueue, QueueError>> + Send + 'static {
+        let origin = self.origin.clone();
+        async move {
+            let (url, config) = &*origin;
+            Ok(AnyQueue::Redis(
+                RedisQueue::connect(url, config.clone()).await?,
+            ))
+        }
+    }
+
     async fn close(mut self) -> Result<(), QueueError> {
         self.heartbeat.abort();
         let moved: u64 = Script::new(RETURN_ALL)
@@ -615,6 +654,67 @@ impl JobConsumer for RedisConsumer {
         if moved > 0 {
             tracing::info!(consumer = %self.id, jobs = moved, "gave unfinished jobs back to the queue");
         }
+        Ok(())
+    }
+}
+
+/// Park: take the letter out of the dead list and onto the shelf. If it is
+/// no longer there (another watcher parked it first), do nothing.
+const PARK: &str = r"
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then
+  return 0
+end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
+";
+
+/// How often the dead-letter reader looks at an empty dead list.
+const DEAD_POLL: Duration = Duration::from_millis(250);
+
+/// The watcher's reader of `<q>:dead`. It *looks* at the oldest entry
+/// (`LINDEX <q>:dead -1`) rather than popping it: the letter stays dead
+/// until it is parked, so a watcher that dies in between loses nothing.
+/// Several watchers may look at the same letter; marking its job failed
+/// is idempotent, and only one of them parks it.
+pub struct RedisDeadLetters {
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+impl RedisDeadLetters {
+    pub(crate) async fn next(&mut self, wait: Duration) -> Result<Option<DeadLetter>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let oldest: Option<Vec<u8>> =
+                self.conn.lindex(&self.keys.dead, -1).await.map_err(other)?;
+            if let Some(body) = oldest {
+                return Ok(Some(DeadLetter {
+                    envelope: Envelope::decode(&body),
+                    body,
+                    reason: None,
+                    handle: DeadHandle::Redis,
+                }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(DEAD_POLL.min(deadline - now)).await;
+        }
+    }
+
+    pub(crate) async fn park(&mut self, letter: &DeadLetter) -> Result<(), QueueError> {
+        let script = Script::new(PARK);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&self.keys.dead)
+            .key(&self.keys.parked)
+            .arg(&letter.body[..]);
+        let _moved: u32 = retry_once(&mut self.conn, |mut conn| {
+            let invocation = &invocation;
+            async move { invocation.invoke_async(&mut conn).await }
+        })
+        .await?;
         Ok(())
     }
 }

@@ -15,7 +15,11 @@
 //! ```
 //!
 //! or a last `failed` event with `error`, the reason. Each `data` is the
-//! same JSON as `GET /jobs/{id}`.
+//! same JSON as `GET /jobs/{id}`. The reason is a worker's (a poison job:
+//! "gave up after 3 deliveries: ...") or, for a job whose last delivery
+//! died with its worker, the dead-letter watcher's ("dead-lettered after 3
+//! deliveries: the worker holding it died", see [`crate::worker`]): either
+//! way the row changes, and the stream tells it like any other change.
 //!
 //! **How it knows: by polling the row.** The stream reads the job's row
 //! every `EVENTS_POLL_MS` (200 ms by default) and sends an event only

@@ -20,8 +20,8 @@
 //! done. The request then lasts as long as the job (its p99 is the job's
 //! duration), and every waiting user holds a connection, and the clone's
 //! CPU for the real work, that long; a retry after a timeout starts the
-//! work again unless it carries an `Idempotency-Key`. (The demo that puts
-//! the two side by side is not built yet.)
+//! work again unless it carries an `Idempotency-Key`. (The demo puts the
+//! two side by side: [`crate::demo`].)
 //!
 //! ## Routes
 //!
@@ -35,6 +35,14 @@
 //! | `GET /jobs/{id}` | the job: `status` `queued` \| `running` (with `progress`) \| `done` (with `result_url`) \| `failed` (with `error`, the reason) |
 //! | `GET /jobs/{id}/result` | the export document (`409` until the job is done) |
 //! | `GET /jobs/{id}/events` | `text/event-stream`: `progress` events, then one `done` or `failed`, then the stream ends |
+//! | `GET /timeline` | the precomputed timeline ([`crate::fanout`]): the same JSON as `GET /feed`, `X-Timeline: precomputed` |
+//!
+//! and, for anyone (no login): `GET /app`, the page that starts a job and
+//! keeps checking until it is done ([`page`]).
+//!
+//! With `--jobs async`, every committed write is also published, after
+//! part 3's invalidation, as a change on `<QUEUE_NAME>.changes` for the
+//! workers (best effort, never the user's error: see [`crate::changes`]).
 //!
 //! A job is its owner's alone: anyone else, and any id that is not one
 //! (malformed, forged, unknown), gets the same `404`, so ids cannot be
@@ -70,11 +78,17 @@
 //! and acks it without doing anything: the user was told "failed", and it
 //! stays so.
 //!
-//! What is not covered: a clone that dies between the insert and the
-//! publish leaves its row `queued` with nothing on the queue (a retry with
-//! the same key finds that row). A sweeper that fails `queued` rows older
-//! than a bound, or an outbox (the envelope written in the job's
-//! transaction and published from the table), would close that gap.
+//! A clone that dies between the insert and the publish leaves its row
+//! `queued` with nothing on the queue (a retry with the same key finds
+//! that row). The workers' sweeper closes that gap: every few seconds it
+//! publishes again the `queued` rows untouched for `STALE_QUEUED_SECS`
+//! (60 by default), at most `SWEEP_LIMIT` a pass, each taken by one
+//! conditional `UPDATE` so that only one worker sends it (see
+//! [`crate::worker`]). A copy of a job that was published after all is
+//! harmless: the claim makes the effect happen once, and a worker that
+//! finds the row finished acks it without work. (An outbox, the envelope
+//! written in the job's transaction and published from the table, is the
+//! other fix.)
 //!
 //! ## Retries: `Idempotency-Key`
 //!
@@ -101,6 +115,7 @@
 //! | `EVENTS_MAX_SECS` | `--events-max-secs` | `300` (the longest a stream stays open; the client reconnects) |
 //! | `JOB_MIN_MS` | `--job-min-ms` | `1000` (`--jobs sync` only: the job's stated minimum, as the workers' `JOB_MIN_MS`) |
 //! | `DRILL_JOBS` | `--drill-jobs` | `false` (accept the `fail` kind, the poison-job drill) |
+//! | `TIMELINE_CAP` | `--timeline-cap` | `200` (a timeline `GET /timeline` builds from SQL keeps this many) |
 //!
 //! The depth is read from the broker (two passive declares on RabbitMQ,
 //! two `LLEN` on Redis) at most every `DEPTH_CHECK_MS`: the limit can be
@@ -221,18 +236,33 @@ pub struct Part4Config {
     /// Accept the `fail` kind (always fails: the poison-job drill).
     #[arg(long, env = "DRILL_JOBS", default_value_t = false)]
     pub drill_jobs: bool,
+    /// The timelines `GET /timeline` reads (see [`crate::fanout`]).
+    #[command(flatten)]
+    pub fanout: crate::fanout::FanoutConfig,
 }
 
 /// Connects and binds: part 3's layer, the jobs store (migrated), the
 /// queue (`--jobs async`), and the jobs routes.
 pub async fn build(config: Part4Config) -> anyhow::Result<Application> {
-    let inner = part3_cache::server::cache_layer(&config.part3).await?;
+    let mut inner = part3_cache::server::cache_layer(&config.part3).await?;
     let store = JobStore::new(inner.data.db.primary().clone());
     JobStore::migrate(store.pool()).await?;
     let server = &config.part3.part2.server;
     let (queue, worker) = match config.jobs {
         JobsMode::Async => {
             let queue = AnyQueue::connect(&config.queue, &server.stack).await?;
+            // After part 3's invalidation, each committed write is
+            // published as a change for the workers (best effort: see
+            // crate::changes).
+            let changes =
+                AnyQueue::connect(&crate::changes::queue_config(&config.queue), &server.stack)
+                    .await?;
+            inner.data.after_commit = Some(crate::changes::after_commit(
+                inner.data.after_commit.take(),
+                Arc::new(changes),
+                Duration::from_millis(config.queue_timeout_ms.max(1)),
+                Arc::new(crate::changes::PublishStats::default()),
+            ));
             (Some(queue), None)
         }
         JobsMode::Sync => {
@@ -276,11 +306,14 @@ pub async fn build(config: Part4Config) -> anyhow::Result<Application> {
         events_max: Duration::from_secs(config.events_max_secs),
         drill_jobs: config.drill_jobs,
     };
+    let timelines =
+        crate::fanout::Timelines::new(inner.data.redis.clone(), &server.key_prefix, &config.fanout);
     Application::build_with(
         config.part3.part2.server,
         JobsLayer {
             inner,
             jobs: Arc::new(jobs),
+            timelines,
         },
     )
     .await
@@ -364,6 +397,8 @@ pub struct JobsLayer {
     pub inner: CacheLayer,
     /// The jobs API.
     pub jobs: Arc<Jobs>,
+    /// The precomputed timelines (`GET /timeline`).
+    pub timelines: crate::fanout::Timelines,
 }
 
 impl AppPart for JobsLayer {
@@ -383,6 +418,15 @@ impl AppPart for JobsLayer {
             .route("/jobs/{id}/result", get(result::<S>))
             .route("/jobs/{id}/events", get(events::<S>))
             .with_state(ctx)
+            .merge(
+                Router::new()
+                    .route("/timeline", get(timeline::<S>))
+                    .with_state(Arc::new(TimelineCtx {
+                        app: app.clone(),
+                        layer: self.inner.clone(),
+                        timelines: self.timelines.clone(),
+                    })),
+            )
             .merge(page::routes())
             .merge(self.inner.routes(app))
     }
@@ -394,6 +438,32 @@ impl AppPart for JobsLayer {
     fn user_read_pool(&self) -> impl Future<Output = Option<MySqlPool>> + Send {
         AppPart::user_read_pool(&self.inner)
     }
+}
+
+/// What `GET /timeline` needs.
+struct TimelineCtx<S> {
+    app: Arc<AppState<S>>,
+    layer: CacheLayer,
+    timelines: crate::fanout::Timelines,
+}
+
+/// `GET /timeline`: the logged-in user's precomputed timeline, the same
+/// JSON as `GET /feed`, with `X-Timeline: precomputed` (and
+/// `X-Timeline-Built: true` on the read that built it from SQL, once).
+async fn timeline<S: SessionStore>(
+    State(ctx): State<Arc<TimelineCtx<S>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = current(&ctx.app, &headers).await?.1.user_id;
+    let read = crate::fanout::read(&ctx.layer, &ctx.timelines, user).await?;
+    let mut res = axum::Json(read.articles).into_response();
+    let h = res.headers_mut();
+    h.insert("x-timeline", HeaderValue::from_static("precomputed"));
+    if read.built {
+        h.insert("x-timeline-built", HeaderValue::from_static("true"));
+    }
+    h.insert("x-timeline-merged", HeaderValue::from(read.merged_authors));
+    Ok(res)
 }
 
 /// What the jobs routes share.

@@ -23,6 +23,8 @@ fn spawn_worker(
         .env("CONSUMER_TTL_MS", config.consumer_ttl_ms.to_string())
         .env("JOB_MIN_MS", job_min_ms.to_string())
         .env("WORKER_NAME", name)
+        // Jobs only: the changes queue would be left behind on the broker.
+        .env("CHANGES", "false")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use crate::support::{self, DEADLINE, Db};
 
 /// A server, its database, its queue and a session per user.
-struct Lab {
-    url: String,
-    db: Db,
+pub(crate) struct Lab {
+    pub(crate) url: String,
+    pub(crate) db: Db,
     queue_config: QueueConfig,
     /// The test's own handle on the server's queue (depth, cleanup).
     queue: Option<AnyQueue>,
@@ -48,7 +48,11 @@ impl Lab {
     /// Starts a server over a fresh database; `tweak` adjusts its
     /// configuration (the depth is read on every POST unless it says
     /// otherwise).
-    async fn start(backend: Backend, jobs: JobsMode, tweak: impl FnOnce(&mut Part4Config)) -> Lab {
+    pub(crate) async fn start(
+        backend: Backend,
+        jobs: JobsMode,
+        tweak: impl FnOnce(&mut Part4Config),
+    ) -> Lab {
         let db = Db::new().await;
         let stack = testing::stack();
         let prefix = testing::unique_name("p4h");
@@ -92,7 +96,7 @@ impl Lab {
 
     /// Starts a worker on the server's queue, each job taking at least
     /// `job_min`.
-    async fn start_worker(&mut self, job_min: Duration) {
+    pub(crate) async fn start_worker(&mut self, job_min: Duration) {
         let queue = AnyQueue::connect(&self.queue_config, &testing::stack())
             .await
             .unwrap();
@@ -122,7 +126,7 @@ impl Lab {
         self.queue().depth().await.unwrap().ready
     }
 
-    async fn jobs_of_ada(&self) -> u64 {
+    pub(crate) async fn jobs_of_ada(&self) -> u64 {
         self.db.store.count_for(1).await.unwrap()
     }
 
@@ -145,7 +149,7 @@ impl Lab {
         .await
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.worker_stop.take() {
             let _ = tx.send(());
         }
@@ -154,6 +158,11 @@ impl Lab {
         }
         if let Some(q) = &self.queue {
             q.destroy().await.unwrap();
+            // An async server declares its changes queue at start: gone too.
+            let changes = part4_async::changes::queue_config(&self.queue_config);
+            if let Ok(c) = AnyQueue::connect(&changes, &testing::stack()).await {
+                let _ = c.destroy().await;
+            }
         }
         self.db.drop().await;
     }

@@ -2,7 +2,12 @@
 //! RabbitMQ, Redis and MariaDB, each test isolated by a unique queue name,
 //! key prefix and database.
 
+mod bake;
 mod bin;
+mod browser;
+mod changes;
+mod demo;
+mod fanout;
 mod http;
 mod queue;
 mod rabbitmq;

@@ -1,4 +1,5 @@
-//! Redis only: the reaper, and the pitfall the blocking connection avoids.
+//! Redis only: the reaper, the pitfall the blocking connection avoids, and
+//! the restart drill (a private redis-server killed and started again).
 
 use common::testing;
 use part4_async::queue::{Backend, JobConsumer, JobQueue};
@@ -142,4 +143,32 @@ async fn a_consumer_carries_on_after_its_redis_connection_is_cut() {
     support::depth_becomes(&direct, 0, 0).await;
     consumer.close().await.unwrap();
     direct.destroy().await.unwrap();
+}
+
+/// The Redis-restart drill on a private redis-server: jobs queued, the
+/// server `kill -9`ed and started again. Without persistence every job is
+/// gone.
+#[tokio::test]
+async fn restart_without_persistence_loses_every_queued_job() {
+    use part4_async::queue::redis_restart::{Persistence, count_lost_on_restart};
+    let count = count_lost_on_restart(Persistence::None, 50)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!count.aof_enabled);
+    assert_eq!(count.queued, 50);
+    assert_eq!(count.after_restart, 0);
+    assert_eq!(count.lost, 50);
+}
+
+/// The same with every write fsynced before its reply: nothing lost.
+#[tokio::test]
+async fn restart_with_appendfsync_always_loses_nothing() {
+    use part4_async::queue::redis_restart::{Persistence, count_lost_on_restart};
+    let count = count_lost_on_restart(Persistence::Always, 50)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(count.aof_enabled);
+    assert_eq!(count.queued, 50);
+    assert_eq!(count.after_restart, 50);
+    assert_eq!(count.lost, 0);
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use part4_async::job::{Completed, Effect, Envelope, JobKind, JobStatus};
-use part4_async::queue::{JobConsumer, JobQueue};
+use part4_async::queue::{Backend, JobConsumer, JobQueue};
 use part4_async::worker::{Outcome, Worker, WorkerConfig};
 
 use crate::support::{self, DEADLINE, Db};
@@ -303,4 +303,295 @@ async fn redis_stopping_finishes_the_job_in_hand_within_grace() {
         Duration::from_millis(500),
     )
     .await;
+}
+
+// ---------------------------------------------------------------------
+// Housekeeping: the dead-letter watcher and the sweeper.
+
+/// A job whose last delivery dies with its worker: each of its
+/// `MAX_DELIVERIES` deliveries is taken, the row marked `running` (the
+/// worker started it), and the consumer dropped without an ack (as a
+/// `kill -9`). The queue dead-letters it with no one to say so; the
+/// watcher marks it `failed` with the reason, parks the message, and the
+/// job's event stream ends with that `failed`.
+async fn died_on_its_last_delivery<Q: JobQueue>(queue: Q) {
+    let db = Db::new().await;
+    let job = new_job(&db, JobKind::Export).await;
+    queue.enqueue(&job).await.unwrap();
+    for attempt in 1..=3 {
+        let mut doomed = queue.consume(&format!("doomed{attempt}")).await.unwrap();
+        let d = doomed
+            .next(DEADLINE)
+            .await
+            .unwrap()
+            .expect("delivered again");
+        assert_eq!(d.attempt, attempt);
+        db.store.start(&job.id).await.unwrap();
+        drop(d);
+        drop(doomed); // no ack, no close, no row update: a killed worker
+    }
+    // Nothing more to deliver: RabbitMQ dead-lettered it when the third
+    // consumer died; our Redis queue does when it would hand it out a
+    // fourth time (the reaper gives it back first).
+    let mut last = queue.consume("last").await.unwrap();
+    assert!(last.next(Duration::from_secs(2)).await.unwrap().is_none());
+    support::depth_becomes(&queue, 0, 1).await;
+    let row = db.store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(row.status, JobStatus::Running, "nobody told the row");
+
+    // The user watching the job.
+    let events = part4_async::server::events::stream(
+        db.store.clone(),
+        row,
+        Duration::from_millis(50),
+        DEADLINE,
+    );
+    let events = tokio::spawn(async move {
+        let body = events.into_body();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    });
+
+    let w = worker(&db, "watcher");
+    let mut letters = queue.dead_letters("watcher").await.unwrap();
+    let watched = w
+        .watch_dead_letters(&mut letters, DEADLINE)
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(watched.job_id.as_ref(), Some(&job.id));
+    let expected = "dead-lettered after 3 deliveries: the worker holding it died";
+    assert_eq!(watched.marked.as_deref(), Some(expected));
+    let row = db.store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(row.status, JobStatus::Failed);
+    assert_eq!(row.error.as_deref(), Some(expected));
+    assert_eq!(db.store.effects(&job.id).await.unwrap(), 0);
+    let stats = w.stats();
+    assert_eq!(
+        stats.dead_marked.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Parked: still there for a person, and not read again.
+    let depth = queue.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.dead, depth.parked), (0, 1, 1));
+    assert!(
+        w.watch_dead_letters(&mut letters, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let stream = tokio::time::timeout(DEADLINE, events)
+        .await
+        .expect("the stream ends after `failed`")
+        .unwrap();
+    let last_event = stream
+        .split("\n\n")
+        .filter(|e| e.contains("event:"))
+        .last()
+        .unwrap_or_default();
+    assert!(
+        last_event.contains("event: failed") && last_event.contains(expected),
+        "{stream}"
+    );
+    last.close().await.unwrap();
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_a_job_whose_last_worker_died_is_marked_failed() {
+    died_on_its_last_delivery(support::rabbit().await).await;
+}
+
+#[tokio::test]
+async fn redis_a_job_whose_last_worker_died_is_marked_failed() {
+    let mut config = support::config(Backend::Redis);
+    config.consumer_ttl_ms = 300;
+    died_on_its_last_delivery(support::redis_with(config).await).await;
+}
+
+/// Dead letters a worker already explained (a poison job, `failed` with
+/// its own reason) and garbage: parked, nothing re-marked.
+async fn explained_dead_letters_are_only_parked<Q: JobQueue>(queue: Q) {
+    let db = Db::new().await;
+    let poison = new_job(&db, JobKind::Fail).await;
+    queue.enqueue(&poison).await.unwrap();
+    queue
+        .enqueue_raw("garbage", b"\x00 not a job")
+        .await
+        .unwrap();
+    let mut consumer = queue.consume("w").await.unwrap();
+    let w = worker(&db, "w1");
+    while w
+        .step(&mut consumer, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .is_some()
+    {}
+    support::depth_becomes(&queue, 0, 2).await;
+    let mut letters = queue.dead_letters("w1").await.unwrap();
+    for _ in 0..2 {
+        let watched = w
+            .watch_dead_letters(&mut letters, DEADLINE)
+            .await
+            .unwrap()
+            .expect("a dead letter");
+        assert_eq!(watched.marked, None, "{watched:?}");
+    }
+    let row = db.store.get(&poison.id).await.unwrap().unwrap();
+    assert_eq!(row.status, JobStatus::Failed);
+    assert!(row.error.unwrap().contains("always fails"));
+    let depth = queue.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.dead, depth.parked), (0, 2, 2));
+    consumer.close().await.unwrap();
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_explained_dead_letters_are_only_parked() {
+    explained_dead_letters_are_only_parked(support::rabbit().await).await;
+}
+
+#[tokio::test]
+async fn redis_explained_dead_letters_are_only_parked() {
+    explained_dead_letters_are_only_parked(support::redis().await).await;
+}
+
+/// Makes a `queued` row look untouched for two minutes.
+async fn backdate(db: &Db, job: &Envelope) {
+    sqlx::query("UPDATE jobs SET created_at = created_at - 120000, updated_at = updated_at - 120000 WHERE id = ?")
+        .bind(job.id.as_str())
+        .execute(&db.db.pool)
+        .await
+        .unwrap();
+}
+
+/// A clone died between the insert and the publish: the row is `queued`,
+/// the queue empty. Two workers sweep at once: one publishes it, once;
+/// the job is done once; the next pass finds nothing.
+async fn the_sweeper_publishes_a_stale_job_once<Q: JobQueue>(queue: Q) {
+    let db = Db::new().await;
+    let lost = new_job(&db, JobKind::Export).await; // never published
+    let fresh = new_job(&db, JobKind::Export).await; // its publish may be under way
+    backdate(&db, &lost).await;
+    let (a, b) = (worker(&db, "sweeper-a"), worker(&db, "sweeper-b"));
+    let (sa, sb) = tokio::join!(a.sweep(&queue), b.sweep(&queue));
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    assert_eq!(sa.republished + sb.republished, 1, "{sa:?} {sb:?}");
+    assert_eq!(sa.failed + sb.failed, 0);
+    support::depth_becomes(&queue, 1, 0).await;
+    let again = a.sweep(&queue).await.unwrap();
+    assert_eq!(again.stale, 0, "fresh for another window: {again:?}");
+
+    let mut consumer = queue.consume("w").await.unwrap();
+    let p = a.step(&mut consumer, DEADLINE).await.unwrap().unwrap();
+    assert_eq!(p.job_id.as_ref(), Some(&lost.id));
+    assert_eq!(p.outcome, Outcome::Done);
+    assert_eq!(db.store.effects(&lost.id).await.unwrap(), 1);
+    let fresh_row = db.store.get(&fresh.id).await.unwrap().unwrap();
+    assert_eq!(fresh_row.status, JobStatus::Queued, "not stale: left alone");
+    support::depth_becomes(&queue, 0, 0).await;
+    consumer.close().await.unwrap();
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_the_sweeper_publishes_a_stale_job_once() {
+    the_sweeper_publishes_a_stale_job_once(support::rabbit().await).await;
+}
+
+#[tokio::test]
+async fn redis_the_sweeper_publishes_a_stale_job_once() {
+    the_sweeper_publishes_a_stale_job_once(support::redis().await).await;
+}
+
+/// The sweeper's copy arrives after the job was done (the original
+/// publish did happen, late): acked without work, one effect.
+#[tokio::test]
+async fn a_swept_copy_of_a_finished_job_is_acked_without_work() {
+    let queue = support::redis().await;
+    let db = Db::new().await;
+    let job = new_job(&db, JobKind::Export).await;
+    backdate(&db, &job).await;
+    let w = worker(&db, "w1");
+    assert_eq!(w.sweep(&queue).await.unwrap().republished, 1);
+    queue.enqueue(&job).await.unwrap(); // the original, late
+    let mut consumer = queue.consume("w").await.unwrap();
+    let first = w.step(&mut consumer, DEADLINE).await.unwrap().unwrap();
+    let second = w.step(&mut consumer, DEADLINE).await.unwrap().unwrap();
+    assert_eq!(first.outcome, Outcome::Done);
+    assert_eq!(second.outcome, Outcome::AlreadyDone);
+    assert_eq!(db.store.effects(&job.id).await.unwrap(), 1);
+    consumer.close().await.unwrap();
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+/// The real loop: a worker run as `part4-worker` runs it sweeps and
+/// watches by itself, with no test stepping it.
+async fn the_running_worker_sweeps_and_watches<Q: JobQueue>(queue: Q) {
+    let db = Db::new().await;
+    // A lost publish...
+    let lost = new_job(&db, JobKind::Export).await;
+    backdate(&db, &lost).await;
+    // ... and a job dead-lettered with its row still `running` (rejected
+    // by a worker that could not write its reason).
+    let orphan = new_job(&db, JobKind::Export).await;
+    queue.enqueue(&orphan).await.unwrap();
+    let mut c = queue.consume("orphaner").await.unwrap();
+    let d = c.next(DEADLINE).await.unwrap().unwrap();
+    db.store.start(&orphan.id).await.unwrap();
+    c.dead_letter(&d).await.unwrap();
+    c.close().await.unwrap();
+
+    let consumer = queue.consume("runner").await.unwrap();
+    let mut config = WorkerConfig::new("runner", Duration::ZERO);
+    config.stale_queued_secs = 1; // a pass every second
+    let w = Worker::new(db.store.clone(), &config, 3);
+    let stats = w.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(async move {
+        w.run_until_stopped(consumer, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    support::eventually("the lost job done", || async {
+        let row = db.store.get(&lost.id).await.unwrap().unwrap();
+        (row.status == JobStatus::Done).then_some(())
+    })
+    .await;
+    let row = support::eventually("the orphan failed", || async {
+        let row = db.store.get(&orphan.id).await.unwrap().unwrap();
+        (row.status == JobStatus::Failed).then_some(row)
+    })
+    .await;
+    assert!(row.error.unwrap().starts_with("dead-lettered"));
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(stats.swept.load(Relaxed) >= 1);
+    assert_eq!(stats.dead_marked.load(Relaxed), 1);
+    assert_eq!(db.store.effects(&lost.id).await.unwrap(), 1);
+    let depth = queue.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.dead, depth.parked), (0, 1, 1));
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_the_running_worker_sweeps_and_watches() {
+    the_running_worker_sweeps_and_watches(support::rabbit().await).await;
+}
+
+#[tokio::test]
+async fn redis_the_running_worker_sweeps_and_watches() {
+    the_running_worker_sweeps_and_watches(support::redis().await).await;
 }

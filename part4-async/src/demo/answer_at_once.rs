@@ -1,0 +1,235 @@
+//! Experiment 1: answer at once, against doing the job inside the request.
+//!
+//! Two clusters of two real `part4-server` clones behind a private
+//! HAProxy, on the demo's database:
+//!
+//! - `JOBS=async` (the default): `POST /jobs` inserts a row, publishes the
+//!   job to RabbitMQ (a quorum queue, confirmed) and answers `202`. Two
+//!   workers (tasks of the demo, the worker's own code, each on its own
+//!   connection) do the jobs meanwhile, each taking `JOB_MIN_MS` = 1000 ms
+//!   (the stated minimum duration of an export, see [`crate::export`]).
+//!   `MAX_QUEUE_DEPTH` is raised out of the way here (experiment 7 is
+//!   about it): a closed loop enqueues far more than two workers do.
+//! - `JOBS=sync`, the anti-pattern: the same export done inside the
+//!   request, `JOB_MIN_MS` = 1000 ms, answering `200` with the result.
+//!
+//! The same load on each: 64 logged-in clients, each posting a job,
+//! waiting for the answer, posting the next. Measured: throughput, p50 and
+//! p99 of `POST /jobs`. Computed from those: how long each job holds a
+//! clone's connection (the mean latency), the ceiling of the sync tier
+//! (64 clients / 1 s per job), and how long the two workers need for the
+//! backlog the async run left (measured from the broker's queue depth).
+//!
+//! Run it alone: `DEMO_ONLY=1 cargo run -p part4-async --bin part4-demo`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::demo::{figure, line};
+use common::measure::{self, Load, LoadReport};
+use common::results::Kind;
+use futures::future::BoxFuture;
+
+use super::{Demo, Workers, login, post_job};
+
+use crate::queue::{Backend, JobQueue};
+
+/// Simultaneous clients.
+pub const CONCURRENCY: usize = 64;
+/// The stated minimum duration of every job here, in ms.
+pub const JOB_MIN_MS: u64 = 1000;
+/// Users the clients log in as (round robin).
+pub const USERS: u32 = 8;
+/// Workers doing the async run's jobs.
+pub const WORKERS: usize = 2;
+
+/// What the experiment saw.
+#[derive(Debug, Clone)]
+pub struct AnswerAtOnce {
+    /// The async run.
+    pub async_run: LoadReport,
+    /// The sync run.
+    pub sync_run: LoadReport,
+    /// Jobs still waiting in the queue after the async run.
+    pub backlog: u64,
+    /// Jobs the workers finished during the async run.
+    pub done_meanwhile: u64,
+}
+
+/// Runs both, prints and records them.
+pub async fn run(demo: &mut Demo) -> anyhow::Result<AnswerAtOnce> {
+    let queue_config = demo.queue_config(Backend::RabbitMq);
+    let queue = demo.queue(&queue_config).await?;
+    let job_min = JOB_MIN_MS.to_string();
+    let async_env = [("JOBS", "async"), ("MAX_QUEUE_DEPTH", "100000000")];
+    let sync_env = [("JOBS", "sync"), ("JOB_MIN_MS", job_min.as_str())];
+    let (async_cluster, sync_cluster) = tokio::join!(
+        demo.cluster(2, &queue_config, &async_env),
+        demo.cluster(2, &queue_config, &sync_env),
+    );
+    let (async_cluster, sync_cluster) = (async_cluster?, sync_cluster?);
+    let users = demo.users_with_articles(USERS).await?;
+    let secs = demo.seconds();
+    line(format!(
+        "two clusters of 2 part4-server clones behind HAProxy: JOBS=async (RabbitMQ, MAX_QUEUE_DEPTH raised out of the way, {WORKERS} workers doing the jobs) and JOBS=sync; every job takes at least JOB_MIN_MS={JOB_MIN_MS} ms (stated, see export.rs); {CONCURRENCY} clients, {:.0} s per run",
+        secs.as_secs_f64()
+    ));
+
+    let store = demo.store();
+    let workers = Workers::start(
+        &store,
+        &queue,
+        &queue_config,
+        WORKERS,
+        Duration::from_millis(JOB_MIN_MS),
+    )
+    .await?;
+    let cmp = "answer at once: POST /jobs while each job takes 1 s (64 clients)";
+    let async_run = jobs_load(
+        demo,
+        cmp,
+        "POST /jobs, JOBS=async",
+        &async_cluster.lb_url(),
+        &users,
+        202,
+        secs,
+    )
+    .await?;
+    let done_meanwhile = workers.done();
+    workers.stop().await;
+    let backlog = queue.depth().await?.ready;
+    let sync_run = jobs_load(
+        demo,
+        cmp,
+        "POST /jobs, JOBS=sync",
+        &sync_cluster.lb_url(),
+        &users,
+        200,
+        secs,
+    )
+    .await?;
+    async_cluster.stop().await;
+    sync_cluster.stop().await;
+    demo.forget_queues(&queue_config).await;
+
+    let ratio = sync_run.latency.p99_us as f64 / async_run.latency.p99_us.max(1) as f64;
+    figure(
+        Kind::Computed,
+        format!(
+            "p99 of the request: sync {} against async {}: {ratio:.0}x (the issue's goal for async: 5 ms or less); the sync p99 is the job's duration ({JOB_MIN_MS} ms stated) plus the work and the wait",
+            measure::fmt_us(sync_run.latency.p99_us),
+            measure::fmt_us(async_run.latency.p99_us)
+        ),
+    );
+    demo.results.computed(
+        cmp,
+        "p99, sync / async",
+        ratio,
+        "x",
+        "how much longer the slowest requests wait when the job is done inside them",
+    );
+    let ceiling = CONCURRENCY as f64 / (JOB_MIN_MS as f64 / 1000.0);
+    figure(
+        Kind::Computed,
+        format!(
+            "each job holds a clone's connection for the request's mean: async {}, sync {}; so {CONCURRENCY} clients get at most {ceiling:.0} jobs/s from the sync tier ({CONCURRENCY} / {JOB_MIN_MS} ms), measured {:.0}; async accepted {:.0}/s",
+            measure::fmt_duration_us(async_run.latency.mean_us),
+            measure::fmt_duration_us(sync_run.latency.mean_us),
+            sync_run.throughput,
+            async_run.throughput
+        ),
+    );
+    demo.results.computed(
+        cmp,
+        "sync: ceiling, clients / job duration",
+        ceiling,
+        "req/s",
+        "the most jobs per second 64 waiting clients can start when each request lasts the job",
+    );
+    demo.results.computed(
+        cmp,
+        "connection time per job, async",
+        async_run.latency.mean_us,
+        "µs",
+        "the mean request: how long a job holds a clone's connection and the client",
+    );
+    demo.results.computed(
+        cmp,
+        "connection time per job, sync",
+        sync_run.latency.mean_us,
+        "µs",
+        "the mean request: how long a job holds a clone's connection and the client",
+    );
+    let drain = backlog as f64 * (JOB_MIN_MS as f64 / 1000.0) / WORKERS as f64;
+    figure(
+        Kind::Measured,
+        format!(
+            "the async run left {backlog} jobs waiting in RabbitMQ (its own count), the {WORKERS} workers finished {done_meanwhile} meanwhile"
+        ),
+    );
+    figure(
+        Kind::Computed,
+        format!(
+            "{WORKERS} workers need about {drain:.0} s for that backlog ({backlog} x {JOB_MIN_MS} ms / {WORKERS}): accepting at once moves the wait from the request to the queue; experiment 2 adds workers, experiment 7 bounds the queue"
+        ),
+    );
+    demo.results.measured(
+        cmp,
+        "async: jobs waiting after the run",
+        backlog as f64,
+        "jobs",
+        "RabbitMQ's ready count when the load stopped",
+    );
+    demo.results.computed(
+        cmp,
+        "async: time for the workers to drain the backlog",
+        drain,
+        "s",
+        "backlog x job duration / workers",
+    );
+    Ok(AnswerAtOnce {
+        async_run,
+        sync_run,
+        backlog,
+        done_meanwhile,
+    })
+}
+
+/// A closed loop of [`CONCURRENCY`] clients posting export jobs through
+/// `base`, each logged in as one of `users` (round robin); an answer other
+/// than `want` counts as failed.
+async fn jobs_load(
+    demo: &mut Demo,
+    cmp: &str,
+    name: &str,
+    base: &str,
+    users: &[(u64, String)],
+    want: u16,
+    secs: Duration,
+) -> anyhow::Result<LoadReport> {
+    let mut cookies = Vec::new();
+    for (_, u) in users {
+        cookies.push(login(base, u).await?);
+    }
+    let cookies = Arc::new(cookies);
+    let http = part1_clones::client::http();
+    let base = base.to_owned();
+    let request = move |i: u64| -> BoxFuture<'static, Result<(), String>> {
+        let (http, base, cookies) = (http.clone(), base.clone(), cookies.clone());
+        Box::pin(async move {
+            let cookie = &cookies[i as usize % cookies.len()];
+            let (status, _, body) = post_job(&http, &base, cookie, "export").await?;
+            if status == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{status}: {}",
+                    body.chars().take(200).collect::<String>()
+                ))
+            }
+        })
+    };
+    Ok(demo
+        .load_runs(cmp, name, Load::closed(CONCURRENCY, secs), request)
+        .await)
+}
