@@ -114,7 +114,12 @@ spawn_app() { # name extra-env... -- command...
 
 # The same binary and configuration for every clone, as from one image;
 # only the id and port differ.
-start_clone() { spawn_app "$1" CLONE_ID="$1" -- "$(cat "$RUN/app.bin")"; }
+start_clone() {
+    local n
+    n=$(cat "$RUN/app.clones" 2>/dev/null || echo 0)
+    ((${1#clone} <= n)) || die "the tier runs $n clones (clone1..clone$n): LAB_CLONES=${1#clone} ./lab up $(cat "$RUN/app.part" 2>/dev/null || echo part1) for more"
+    spawn_app "$1" CLONE_ID="$1" -- "$(cat "$RUN/app.bin")"
+}
 
 # A binary of the tier's build other than its server (part4-worker, part4-bake).
 app_sibling() { echo "$(dirname "$(cat "$RUN/app.bin")")/$1"; }
@@ -223,6 +228,8 @@ app_up() {
     local part=$1 i n old workers=0 old_workers
     # Part 2's first load takes about a minute at the default scale.
     [[ $part != part2 && $part != part3 && $part != part4 ]] || local DEADLINE=$((DEADLINE > 300 ? DEADLINE : 300))
+    # clone1..9 on 18081..18089: 18090 is nginx's.
+    [[ $CLONES =~ ^[1-9]$ ]] || die "LAB_CLONES must be 1 to 9 (clone<N> listens on 18080+N, nginx on 18090), not '$CLONES'"
     if [[ $part == part4 ]]; then
         # worker1..9 on 18181..18189: 18190 is the baker's.
         [[ $WORKERS =~ ^[1-9]$ ]] || die "LAB_WORKERS must be 1 to 9 (worker<N> answers /health on 18180+N, the baker on 18190), not '$WORKERS'"
@@ -239,6 +246,9 @@ app_up() {
     echo "$workers" >"$RUN/app.workers"
     remember_variant
     [[ $part != part4 ]] || bake_once
+    # nginx serves the baked tree only to part 4's tier (render_nginx_site):
+    # on now that it is baked, off as soon as another part takes over.
+    refresh_nginx
     STARTED=()
     if ((old != CLONES)) && running haproxy; then
         # Another clone count: HAProxy's server list changes. Its master
@@ -267,7 +277,10 @@ app_up() {
         for ((i = 1; i <= CLONES; i++)); do wait_service "clone$i"; done
         wait_service haproxy
     fi
-    for ((i = CLONES + 1; i <= old; i++)); do
+    # Past the count: the old tier's, and any an earlier `up` that failed
+    # half-way left running (its pid file says so).
+    for ((i = CLONES + 1; i <= 9; i++)); do
+        ((i <= old)) || [[ -e $(pidfile "clone$i") ]] || continue
         stop_one "clone$i"
         rm -f "$RUN/clone$i.info"
     done
@@ -302,7 +315,8 @@ workers_up() { # workers old_workers
     fi
     for name in "${started[@]}"; do wait_service "$name"; done
     ((${#started[@]} == 0)) || say "started ${started[*]} ($(variant_words), $PROFILE build)"
-    for ((i = n + 1; i <= old; i++)); do
+    for ((i = n + 1; i <= 9; i++)); do
+        ((i <= old)) || [[ -e $(pidfile "worker$i") ]] || continue
         stop_one "worker$i"
         rm -f "$RUN/worker$i.info"
     done

@@ -20,6 +20,15 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# The live view's packages that could not be installed here, one a line:
+# not tried again until `./lab reset` deletes the file.
+MONITOR_SKIPPED=$RUN/monitor-skipped
+monitor_skipped() { [[ -f $MONITOR_SKIPPED ]] && grep -qxF "$1" "$MONITOR_SKIPPED"; }
+# For ./lab status: why a package is not installed.
+monitor_skip_note() {
+    if monitor_skipped "$1"; then echo "; could not be installed, ./lab reset tries again"; fi
+}
+
 RABBIT_SBIN=""
 find_rabbit() {
     local d
@@ -52,16 +61,24 @@ install() {
     ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
     # The live view (issue 10): Prometheus and the exporters Debian ships.
     # Optional: one this Debian lacks is skipped, and the live view goes
-    # without it (Memcached has none in Debian: its numbers come from the app).
+    # without it (Memcached has none in Debian: its numbers come from the
+    # app). One that could not be installed is written to monitor-skipped
+    # and not tried again (no apt-get update on every ./lab call) until
+    # `./lab reset` deletes that file.
     local pkg monitor=()
     for pkg in prometheus prometheus-redis-exporter prometheus-mysqld-exporter prometheus-blackbox-exporter; do
-        command -v "$pkg" >/dev/null || monitor+=("$pkg")
+        command -v "$pkg" >/dev/null || monitor_skipped "$pkg" || monitor+=("$pkg")
     done
     # All at once; if that fails (one of them is not in this Debian), each
     # on its own, so the others still come.
     if ((${#monitor[@]})) && ! apt_install "${monitor[@]}"; then
+        mkdir -p "$RUN"
         for pkg in "${monitor[@]}"; do
-            apt_install "$pkg" || say "$pkg could not be installed: the live view goes without it"
+            command -v "$pkg" >/dev/null && continue
+            if ! apt_install "$pkg"; then
+                echo "$pkg" >>"$MONITOR_SKIPPED"
+                say "$pkg could not be installed: the live view goes without it (not tried again until ./lab reset)"
+            fi
         done
     fi
     find_rabbit || die "rabbitmq-server is installed but its sbin directory was not found under /usr/lib/rabbitmq/lib"

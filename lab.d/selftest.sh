@@ -66,16 +66,19 @@ selftest_nginx_template() {
     diff -u "$ROOT/compose/nginx/default.conf" <(render_nginx_site compose) >&2 ||
         fail "compose/nginx/default.conf differs from lab.d/nginx-site.conf.in's rendering: ./lab nginx-cfg compose > compose/nginx/default.conf"
     check "compose/nginx/default.conf is the rendering of lab.d/nginx-site.conf.in"
-    local d
+    local d mode
     d=$(mktemp -d)
     mkdir -p "$d/nginx/tmp" "$d/logs"
-    (
-        DATA=$d LOGS=$d/logs
-        nginx_conf >"$d/nginx.conf"
-        nginx -t -q -p "$d/nginx" -c "$d/nginx.conf"
-    ) || fail "nginx refuses the lab's rendering: $d/nginx.conf"
+    for mode in baked proxy; do
+        (
+            DATA=$d LOGS=$d/logs
+            nginx_conf "$mode" >"$d/nginx.conf"
+            nginx -t -q -p "$d/nginx" -c "$d/nginx.conf"
+        ) || fail "nginx refuses the lab's rendering ($mode): $d/nginx.conf"
+    done
+    [[ $(render_nginx_site lab proxy) != *X-Baked* ]] || fail "./lab nginx-cfg lab proxy still has the baked pages' locations"
     rm -rf "$d"
-    check "nginx accepts the rendered config (baked pages, fallthrough to HAProxy)"
+    check "nginx accepts the rendered config (part 4: baked pages, fallthrough to HAProxy; other parts: HAProxy only)"
 }
 
 # The names ./lab start/stop/logs take, and their ports (README's table).
@@ -86,7 +89,7 @@ selftest_names() {
         is_service "$name" || fail "./lab does not know the service '$name'"
         [[ $(port_of "$name") == "$want" ]] || fail "$name should be on port $want, port_of says $(port_of "$name")"
     done
-    for name in worker clone bakers worker1x; do
+    for name in worker clone bakers worker1x worker0 worker01 worker10 clone0 clone01 clone10; do
         ! is_service "$name" || fail "./lab takes '$name' for a service"
     done
     check "clone<N>, worker<N> and baker resolve to their ports (18080+N, 18180+N, 18190)"
@@ -150,7 +153,11 @@ selftest_switch_part() {
         status=$(http_status "http://127.0.0.1:$(port_of haproxy)/users/user1")
         [[ $status == 200 ]] || fail "GET /users/user1 (a part 2 route) through HAProxy answered $status after ./lab up part2"
     done
-    check "./lab up part2 after part1 leaves only part 2 clones, and status says so"
+    # nginx serves baked pages only to part 4's tier: a tree an earlier
+    # part 4 left is not served to part 2's (a browser's request included).
+    [[ $(curl -sI --max-time 10 -H 'Accept: text/html' "http://127.0.0.1:$(port_of nginx)/users/user1") != *X-Baked* ]] ||
+        fail "nginx serves a baked page on part 2's tier: see $DATA/nginx/nginx.conf"
+    check "./lab up part2 after part1 leaves only part 2 clones, status says so, and nginx serves no baked page"
 }
 
 selftest_edge_413() {

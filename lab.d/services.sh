@@ -218,9 +218,10 @@ start_mongo() {
 }
 
 # nginx: the lab's http block around the site of lab.d/nginx-site.conf.in
-# (the baked pages of part 4, everything else to HAProxy).
-nginx_conf() {
-    local d=$DATA/nginx
+# (the baked pages of part 4, everything else to HAProxy). The argument
+# forces render_nginx_site's baked or proxy.
+nginx_conf() { # [baked|proxy]
+    local d=$DATA/nginx mode=${1:-}
     cat <<EOF
 daemon off;
 worker_processes 1;
@@ -238,7 +239,7 @@ http {
     default_type application/octet-stream;
     sendfile on;
 EOF
-    render_nginx_site lab | sed 's/^/    /; s/^ *$//'
+    render_nginx_site lab "$mode" | sed 's/^/    /; s/^ *$//'
     live_site | sed 's/^/    /; s/^ *$//'
     echo "}"
 }
@@ -264,14 +265,19 @@ EOF
 
 # The site, from the one template: `lab` for the local nginx, `compose`
 # for the file docker-compose mounts (committed as compose/nginx/default.conf).
-render_nginx_site() { # lab|compose
-    local target=${1:-lab} tpl upstream listen root resolver app
+# The baked pages' locations (between "begin baked" and "end baked") are
+# kept for compose, and for the lab only while the app tier is part 4
+# (nginx_baked): a baked tree left by part 4 is never served by another
+# part's tier. A second argument, baked or proxy, forces the choice.
+render_nginx_site() { # lab|compose [baked|proxy]
+    local target=${1:-lab} mode=${2:-} tpl upstream listen root resolver app
     tpl=$(<"$ROOT/lab.d/nginx-site.conf.in")
     case $target in
     lab)
         # Keep-alive connections to HAProxy, reused across requests.
         upstream="upstream app {"$'\n'"    server 127.0.0.1:$(port_of haproxy);"$'\n'"    keepalive 16;"$'\n'"}"
         listen=127.0.0.1:$(port_of nginx) root=$(bake_dir) resolver="" app=http://app
+        : "${mode:=$(nginx_baked)}"
         ;;
     compose)
         # HAProxy is the part profile's (network alias lb), absent without
@@ -279,8 +285,14 @@ render_nginx_site() { # lab|compose
         # starts without it and answers 502 until a part is up.
         upstream="" listen=80 root=/usr/share/nginx/html app='$app'
         resolver="    resolver 127.0.0.11 valid=10s;"$'\n''    set $app http://lb:8080;'$'\n'
+        : "${mode:=baked}"
         ;;
     *) die "nginx-cfg: lab or compose, not '$target'" ;;
+    esac
+    case $mode in
+    baked) ;;
+    proxy) tpl=$(sed '/^ *# begin baked$/,/^ *# end baked$/d' <<<"$tpl") ;;
+    *) die "nginx-cfg: baked or proxy, not '$mode'" ;;
     esac
     tpl=${tpl//@UPSTREAM@/"$upstream"}
     tpl=${tpl//@LISTEN@/"$listen"}
@@ -288,6 +300,10 @@ render_nginx_site() { # lab|compose
     tpl=${tpl//@RESOLVER@/"$resolver"}
     tpl=${tpl//@APP@/"$app"}
     printf '%s\n' "$tpl"
+}
+# baked while the app tier is part 4 (app.part), proxy otherwise.
+nginx_baked() {
+    if [[ $(cat "$RUN/app.part" 2>/dev/null) == part4 ]]; then echo baked; else echo proxy; fi
 }
 
 start_nginx() {
@@ -298,9 +314,9 @@ start_nginx() {
     spawn nginx nginx -p "$d" -c "$d/nginx.conf"
 }
 
-# A running nginx started with an older config (before part 4's site, or
-# another LAB_*) re-reads it: SIGHUP, and its workers are replaced without
-# dropping a connection.
+# A running nginx started with an older config (another tier: part 4's
+# baked pages on or off; or another LAB_*) re-reads it: SIGHUP, and its
+# workers are replaced without dropping a connection.
 refresh_nginx() {
     local d=$DATA/nginx new
     running nginx || return 0
@@ -311,7 +327,11 @@ refresh_nginx() {
     nginx -t -q -p "$d" -c "$d/nginx.conf.new" || die "nginx refused its new config: $d/nginx.conf.new"
     mv -f "$d/nginx.conf.new" "$d/nginx.conf"
     kill -HUP "$(pid_of nginx)"
-    say "nginx reloaded its config (baked pages from $(bake_dir), the rest to HAProxy)"
+    if [[ $(nginx_baked) == baked ]]; then
+        say "nginx reloaded its config (baked pages from $(bake_dir) for a browser, the rest to HAProxy)"
+    else
+        say "nginx reloaded its config (everything to HAProxy: no baked pages outside part 4)"
+    fi
 }
 
 # HAProxy's config, from the one template lab.d/haproxy.cfg.in (also read by

@@ -82,10 +82,12 @@ port_of() {
     mongo) echo 27018 ;;
     nginx) echo 18090 ;;
     haproxy) echo 18080 ;;
-    clone[0-9]*) echo $((18080 + ${1#clone})) ;;
+    # clone1..9 and worker1..9 only (is_app_process): clone10 would be nginx's
+    # port, and worker0 or worker01 names no process of the tier.
+    clone[1-9]) echo $((18080 + ${1#clone})) ;;
     # Part 4's workers and baker listen only for GET /health (./lab waits
     # for it, and status shows it).
-    worker[0-9]*) echo $((18180 + ${1#worker})) ;;
+    worker[1-9]) echo $((18180 + ${1#worker})) ;;
     baker) echo 18190 ;;
     # The live view: the page (served by nginx), Prometheus, the exporters.
     live) echo 18099 ;;
@@ -113,10 +115,12 @@ die() {
     exit 1
 }
 # The app tier's own processes (what `./lab up partN` starts from the part's
-# build, each with a NAME.info saying what it runs).
-is_app_process() { [[ $1 =~ ^(clone[0-9]+|worker[0-9]+|baker)$ ]]; }
+# build, each with a NAME.info saying what it runs): clone1..clone9,
+# worker1..worker9 (LAB_CLONES and LAB_WORKERS are 1 to 9), the baker.
+# Nothing else: not worker0, not worker01 (a second name for worker1).
+is_app_process() { [[ $1 =~ ^(clone[1-9]|worker[1-9]|baker)$ ]]; }
 is_service() {
-    [[ " ${INFRA[*]} ${MONITOR[*]} haproxy baker " == *" $1 "* ]] || [[ $1 =~ ^(clone|worker)[0-9]+$ ]]
+    [[ " ${INFRA[*]} ${MONITOR[*]} haproxy " == *" $1 "* ]] || is_app_process "$1"
 }
 
 # ---------------------------------------------------------------- processes
@@ -221,7 +225,7 @@ stop_one() {
     fi
     # Memcached and friends keep the port a moment after exit: wait for it.
     local port i
-    port=$(port_of "$name")
+    port=$(port_of "$name") || return 0 # a name with no port (epmd)
     for ((i = 0; i < DEADLINE * 10; i++)); do
         port_open "$port" || return 0
         sleep 0.1
@@ -257,8 +261,10 @@ wait_service() {
 }
 
 # The live view's services, after the servers they watch. Not one of them
-# is needed by the course: one that does not start is reported, and `up`
-# goes on (./lab status shows it down).
+# is needed by the course's demos and tests: one that does not start is
+# reported, and `up` goes on. But the live view is part of the stack:
+# `./lab status` shows it down and exits 1 until it runs. Only one whose
+# Debian package is not installed (install.sh) is left out of both.
 monitor_up() {
     local name started=() missing=()
     for name in "${MONITOR[@]}"; do
@@ -269,7 +275,7 @@ monitor_up() {
         running "$name" && continue
         rm -f "$(pidfile "$name")"
         if port_open "$(port_of "$name")"; then
-            say "port $(port_of "$name") is taken by another process: $name not started"
+            say "port $(port_of "$name") is taken by another process: $name not started (./lab status fails until it runs; ss -ltnp | grep :$(port_of "$name"))"
             continue
         fi
         start_service "$name"
@@ -279,7 +285,7 @@ monitor_up() {
         if (wait_port "$name" "$(port_of "$name")" check-alive); then
             STARTED+=("$name")
         else
-            say "$name did not start (the live view goes without it): ./lab logs $name"
+            say "$name did not start (the live view goes without it, and ./lab status fails until it runs): ./lab logs $name"
         fi
     done
 }
@@ -328,10 +334,32 @@ cmd_up() {
     say "stack up in $((SECONDS - t0))s (./lab status for the table)"
 }
 
+# Every process ./lab started and has not stopped yet: one pid file each
+# under .lab/run. More than app_services names after an `up` that failed
+# half-way (app.workers already says the new count while the old workers
+# still run), or one an older ./lab started under a name it no longer takes.
+started_names() {
+    local f
+    for f in "$RUN"/*.pid; do
+        [[ -e $f ]] || continue
+        f=${f##*/}
+        echo "${f%.pid}"
+    done
+}
+
 cmd_down() {
     local name
-    # In parallel: RabbitMQ and MariaDB each take a few seconds to shut down cleanly.
-    for name in $(app_services) "${INFRA[@]}" "${MONITOR[@]}"; do stop_one "$name" & done
+    # In parallel: RabbitMQ and MariaDB each take a few seconds to shut down
+    # cleanly. The app tier's, the servers' and the live view's, and any
+    # other process with a pid file (a leftover of a failed `up`).
+    # (epmd is RabbitMQ's: stop_one rabbitmq stops it once RabbitMQ is down.)
+    local names=()
+    mapfile -t names < <({
+        app_services
+        printf '%s\n' "${INFRA[@]}" "${MONITOR[@]}"
+        started_names
+    } | awk '$0 != "epmd" && !seen[$0]++')
+    for name in "${names[@]}"; do stop_one "$name" & done
     wait
     # Nothing of the app tier stays behind: part, variant, build label.
     rm -f "$RUN"/app.* "$RUN"/clone*.info "$RUN"/worker*.info "$RUN"/baker.info
@@ -343,14 +371,18 @@ cmd_reset() {
     say "all data under .lab/ deleted (tools in .lab/tools kept)"
 }
 
+# Exit 0 only if every service of the stack is up: the servers, the app
+# tier, and the live view (Prometheus and the exporters) too. A live-view
+# service whose Debian package is not installed is shown, not counted.
 cmd_status() {
-    local name ok=0 state pid
+    local name ok=0 state pid listed
     printf '%-24s %-6s %-8s %-20s %s\n' SERVICE PORT PID VERSION STATE
+    listed=" ${INFRA[*]} $(app_services | xargs) ${MONITOR[*]} "
     for name in "${INFRA[@]}" $(app_services) "${MONITOR[@]}"; do
         pid=$(pid_of "$name" 2>/dev/null || true)
         if [[ " ${MONITOR[*]} " == *" $name "* ]] && ! command -v "$(monitor_binary "$name")" >/dev/null; then
-            # Optional: its Debian package is missing here. Not a failure.
-            printf '%-24s %-6s %-8s %-20s %s\n' "$name" "$(port_of "$name")" - - "not installed ($(monitor_binary "$name"))"
+            # Its Debian package is missing here: not a failure.
+            printf '%-24s %-6s %-8s %-20s %s\n' "$name" "$(port_of "$name")" - - "not installed ($(monitor_binary "$name")$(monitor_skip_note "$(monitor_binary "$name")"))"
             continue
         fi
         if running "$name"; then
@@ -365,12 +397,23 @@ cmd_status() {
         ! is_app_process "$name" || state="$state  $(clone_info "$name")"
         printf '%-24s %-6s %-8s %-20s %s\n' "$name" "$(port_of "$name")" "${pid:--}" "$(version_of "$name")" "$state"
     done
+    # A process of the app tier that is not part of it (left by an `up`
+    # that failed half-way): shown, so it is seen; `./lab down` stops it.
+    for name in $(started_names); do
+        [[ $listed != *" $name "* ]] && is_app_process "$name" && alive "$name" || continue
+        printf '%-24s %-6s %-8s %-20s %s\n' "$name" "$(port_of "$name")" "$(pid_of "$name")" "$(version_of "$name")" \
+            "left over, not part of the tier: ./lab stop $name"
+    done
     return $ok
+}
+
+unknown_service() {
+    die "unknown service '$1': one of ${INFRA[*]} ${MONITOR[*]} haproxy, clone1..clone9, worker1..worker9 (part 4), baker (part 4)"
 }
 
 cmd_start() {
     local name=${1:?usage: ./lab start NAME}
-    is_service "$name" || die "unknown service '$name': one of ${INFRA[*]} ${MONITOR[*]} haproxy clone1.. worker1.. baker"
+    is_service "$name" || unknown_service "$name"
     install
     STARTED=()
     launch "$name"
@@ -380,12 +423,12 @@ cmd_start() {
 
 cmd_stop() {
     local name=${1:?usage: ./lab stop NAME}
-    is_service "$name" || die "unknown service '$name': one of ${INFRA[*]} ${MONITOR[*]} haproxy clone1.. worker1.. baker"
+    is_service "$name" || unknown_service "$name"
     stop_one "$name"
 }
 
 cmd_logs() {
     local name=${1:?usage: ./lab logs NAME}
-    is_service "$name" || die "unknown service '$name': one of ${INFRA[*]} ${MONITOR[*]} haproxy clone1.. worker1.. baker"
+    is_service "$name" || unknown_service "$name"
     tail -n "${LINES:-40}" "$(logfile "$name")"
 }

@@ -23,6 +23,8 @@
 //!    `--repeat`, the stack's URLs) and the way it prints a lesson.
 //! 8. [`telemetry`]: `tracing` with `RUST_LOG`, and `.env` loading: the
 //!    first thing every binary does.
+//! 9. [`metrics`]: every server's `/metrics`, in Prometheus's text format,
+//!    for the live page.
 
 pub mod capacity;
 pub mod config;
@@ -30,6 +32,7 @@ pub mod dataset;
 pub mod demo;
 pub mod domain;
 pub mod measure;
+pub mod metrics;
 pub mod report;
 pub mod results;
 pub mod telemetry;

@@ -44,11 +44,11 @@ use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State,
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
 };
 use axum::http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -587,15 +587,63 @@ pub fn app<S: SessionStore, P: AppPart>(
             Arc::new(capacity),
             crate::capacity::limit,
         ));
+    common::metrics::install();
     Router::new()
         .route("/health", get(health::<S>))
         .route("/ready", get(ready::<S>))
+        .route("/metrics", get(metrics_page))
         .merge(work)
         .with_state(state.clone())
         .merge(part.routes(state.clone()))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state, refresh_cookie::<S>))
         .layer(middleware::from_fn_with_state(clone, stamp))
+        .layer(middleware::from_fn(count_requests))
+}
+
+/// `GET /metrics`: what this process recorded, in Prometheus's text format
+/// (see [`common::metrics`]); Prometheus scrapes it for the live page.
+async fn metrics_page() -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, common::metrics::CONTENT_TYPE)],
+        common::metrics::render(),
+    )
+}
+
+/// Middleware: counts and times every request by its route *template*
+/// (`/users/{username}/avatar`, from axum's [`MatchedPath`]), never the raw
+/// path, so the number of series stays bounded whatever clients send; a
+/// path no route matches is `unmatched`. `/health` and `/metrics` are the
+/// balancer's and Prometheus's polls, not traffic: left out.
+async fn count_requests(req: Request, next: Next) -> Response {
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(m) if matches!(m.as_str(), "/health" | "/metrics") => return next.run(req).await,
+        Some(m) => m.as_str().to_owned(),
+        None => "unmatched".to_owned(),
+    };
+    let method: &'static str = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::histogram!(common::metrics::HTTP_DURATION, "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        common::metrics::HTTP_REQUESTS,
+        "route" => route,
+        "method" => method,
+        "status" => status,
+    )
+    .increment(1);
+    res
 }
 
 /// A built, bound, not yet running server.

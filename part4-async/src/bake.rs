@@ -54,17 +54,28 @@
 //!    [`Baker::author`]), within about a queue hop of the commit (the demo
 //!    measures this staleness window). An article that no longer exists
 //!    has its files removed, so nginx falls through to the app (and its
-//!    404).
+//!    404). Two workers re-baking two changes of one article may finish
+//!    out of order: each bake takes the time *before* its read and tags
+//!    the page with it (`<meta name="read-at">`, µs), and a bake keeps a
+//!    page on disk whose tag is later than its own read
+//!    ([`Baked::kept_fresher`]): the newer page stays.
 //! 2. **On a schedule.** `part4-bake --interval-secs N` re-bakes
 //!    everything ([`Baker::all`]) every N seconds: whatever the events
 //!    missed (a lost message, a worker down, a page format change) is right
 //!    again within N seconds. It also removes the files of pages that no
 //!    longer exist, and rewrites only the pages that changed (the rest
 //!    keep their file and their `baked-at`). A full bake does not overwrite a page that a worker
-//!    re-baked after the full bake read it (the file is newer than the
-//!    read), so the schedule never puts an older page back over a fresher
-//!    one (bar a stat-then-rename race a few microseconds wide, which the
-//!    next event or bake closes).
+//!    re-baked after the full bake read it (the same `read-at` guard; a
+//!    page written before the tag existed is judged by its file's
+//!    modification time), so the schedule never puts an older page back
+//!    over a fresher one.
+//!
+//! What the guard leaves open: it reads the page on disk, then renames
+//! its own over it. Two bakes of one page whose checks and renames
+//! interleave within those few microseconds can still leave the older
+//! page, until the next change or the next full bake. Closing it would
+//! need a lock per page (or a versioned file name and an atomic symlink
+//! swap).
 //!
 //! The baker reads the pool it is given; the workers and `part4-bake`
 //! give it the *primary*: a re-bake that follows a write must see that
@@ -142,6 +153,12 @@ pub struct Baked {
     pub gzip_bytes: u64,
     /// The page's subject no longer exists: its files were removed.
     pub removed: bool,
+    /// Not written: the page on disk comes from a read later than this
+    /// bake's (a worker's re-bake of a newer change finished first), so
+    /// it is kept (`bytes` are then 0).
+    pub kept_fresher: bool,
+    /// Not written: the page on disk is this page but for its tags.
+    pub unchanged: bool,
 }
 
 /// What a full bake did.
@@ -283,23 +300,49 @@ impl Baker {
 
     /// Bakes article `id`'s page (and its `.gz`); if the article no longer
     /// exists, removes them and answers `removed: true`.
+    ///
+    /// Guarded like a full bake: the time is taken before the read, and a
+    /// page on disk that comes from a later read is kept
+    /// ([`Baked::kept_fresher`]). So two workers re-baking two changes of
+    /// one article, finishing out of order, never leave the older page.
     pub async fn article(&self, id: u64) -> anyhow::Result<Baked> {
+        let read_at = SystemTime::now();
         let page = articles::page(&self.pool, SHAPE, id)
             .await
             .with_context(|| format!("reading article {id} to bake its page"))?;
         let path = self.article_path(id);
         blocking(move || match page {
             None => remove_page(&path).map(|_| removed(path)),
-            Some(page) => write_page(&path, article_html(&page, now_ms()).as_bytes()),
+            Some(page) => {
+                let html = article_html(&page, now_ms());
+                bake_unless_fresher(&path, read_at, &html).map(|o| outcome_baked(path, o))
+            }
         })
         .await
+    }
+
+    /// Writes `html` as the page at `path` (one of this baker's), through
+    /// the guard every bake goes through: kept as it is if the page there
+    /// comes from a read later than `read_at`, or is this page already.
+    /// For a caller that read and rendered the page itself (`read_at`:
+    /// when its read began), and for tests of the guard.
+    pub async fn write_unless_fresher(
+        &self,
+        path: PathBuf,
+        read_at: SystemTime,
+        html: String,
+    ) -> anyhow::Result<Baked> {
+        blocking(move || bake_unless_fresher(&path, read_at, &html).map(|o| outcome_baked(path, o)))
+            .await
     }
 
     /// Bakes user `user_id`'s author page (and its `.gz`): their newest
     /// [`AUTHOR_PAGE_ARTICLES`] articles, linked. An error if the user does
     /// not exist (users are never deleted here) or if their username is
-    /// not a safe file name ([`UnsafeUsername`]).
+    /// not a safe file name ([`UnsafeUsername`]). Guarded as
+    /// [`Baker::article`] is: a page from a later read is kept.
     pub async fn author(&self, user_id: u64) -> anyhow::Result<Baked> {
+        let read_at = SystemTime::now();
         let author: Option<Author> =
             sqlx::query_as("SELECT id, username, display_name FROM users WHERE id = ?")
                 .bind(user_id)
@@ -326,7 +369,7 @@ impl Baker {
             .with_context(|| format!("counting user {user_id}'s articles"))?;
         blocking(move || {
             let html = author_html(&author, &list, total.max(0) as u64, now_ms());
-            write_page(&path, html.as_bytes())
+            bake_unless_fresher(&path, read_at, &html).map(|o| outcome_baked(path, o))
         })
         .await
     }
@@ -424,7 +467,8 @@ impl Baker {
     /// `first` (zero: at once; `./lab` passes one interval, having just
     /// baked with `--once`), then one every `interval` (measured from the
     /// end of the last one, so a slow bake never overlaps the next). While it runs, `health` (if
-    /// given) answers `GET /health` with the last bake's figures. A failed
+    /// given) answers `GET /health` with the last bake's figures (and
+    /// `GET /metrics`). A failed
     /// bake is logged and retried at the next tick; pages stay as they
     /// were. `stop` also interrupts a bake in flight: the pages written so
     /// far are whole (each rename is atomic), temporary files left behind
@@ -447,9 +491,25 @@ impl Baker {
         let status = Arc::new(Mutex::new(Health::default()));
         let server = match health {
             Some(listener) => {
+                // `/metrics` for the live view's scrape: the process's
+                // registry (nothing baker-specific yet; its up/down is the
+                // scrape itself).
+                common::metrics::install();
                 let app = axum::Router::new()
                     .route("/health", axum::routing::get(health_answer))
-                    .with_state(status.clone());
+                    .with_state(status.clone())
+                    .route(
+                        "/metrics",
+                        axum::routing::get(|| async {
+                            (
+                                [(
+                                    axum::http::header::CONTENT_TYPE,
+                                    common::metrics::CONTENT_TYPE,
+                                )],
+                                common::metrics::render(),
+                            )
+                        }),
+                    );
                 let shutdown = until_stopped(stopped.clone());
                 Some(tokio::spawn(async move {
                     axum::serve(listener, app)
@@ -734,7 +794,30 @@ fn removed(path: PathBuf) -> Baked {
         bytes: 0,
         gzip_bytes: 0,
         removed: true,
+        kept_fresher: false,
+        unchanged: false,
     }
+}
+
+/// A guarded write's outcome as the one-page calls report it.
+fn outcome_baked(path: PathBuf, outcome: Outcome) -> Baked {
+    let mut b = match outcome {
+        Outcome::Written(b) => return b,
+        Outcome::Removed => return removed(path),
+        Outcome::KeptFresher | Outcome::Unchanged => Baked {
+            path,
+            bytes: 0,
+            gzip_bytes: 0,
+            removed: false,
+            kept_fresher: false,
+            unchanged: false,
+        },
+    };
+    match outcome {
+        Outcome::KeptFresher => b.kept_fresher = true,
+        _ => b.unchanged = true,
+    }
+    b
 }
 
 /// The gzip copy's path: `42.html` → `42.html.gz`.
@@ -744,35 +827,87 @@ fn gz_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Whether the page at `path` was written after `read_at`: by a bake that
-/// read the database later than this one did.
-fn fresher_than(path: &Path, read_at: SystemTime) -> bool {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|m| m > read_at)
+/// Microseconds since the epoch.
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// A full bake's write: none if a fresher bake wrote the page after this
-/// one read it, none if the page on disk is this one but for its
-/// `baked-at` tag, else the page and its gzip copy.
+/// The tag that says when the bake of a page began reading the database
+/// (µs since the epoch): what the freshness guard compares.
+fn read_at_meta(us: u64) -> String {
+    format!("<meta name=\"read-at\" content=\"{us}\">")
+}
+
+/// When the bake that wrote `html` began its read (µs), from its
+/// `read-at` tag; `None` for a page without one.
+fn read_at_of(html: &str) -> Option<u64> {
+    let start = html.find("<meta name=\"read-at\" content=\"")? + 30;
+    let len = html[start..].find('"')?;
+    html[start..start + len].parse().ok()
+}
+
+/// Whether the page on disk comes from a bake that read the database later
+/// than `read_at`: by its `read-at` tag, or, for a page without one, by
+/// the file's modification time (written after `read_at`).
+fn fresher_than(path: &Path, old: Option<&str>, read_at: SystemTime) -> bool {
+    match old.and_then(read_at_of) {
+        Some(us) => us > micros(read_at),
+        None => fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > read_at),
+    }
+}
+
+/// A guarded write (full bakes and one-page bakes alike): none if the page
+/// on disk comes from a later read (a fresher bake finished first), none
+/// if it is this one but for its tags, else the page, tagged with
+/// `read_at`, and its gzip copy.
+///
+/// What is left: the check and the rename are two steps, so two bakes of
+/// one page finishing within the same few microseconds can still leave
+/// the older one; the next change or the next full bake puts it right.
 fn bake_unless_fresher(path: &Path, read_at: SystemTime, html: &str) -> anyhow::Result<Outcome> {
-    if fresher_than(path, read_at) {
+    let old = fs::read_to_string(path).ok();
+    if fresher_than(path, old.as_deref(), read_at) {
         return Ok(Outcome::KeptFresher);
     }
-    if let Ok(old) = fs::read_to_string(path)
-        && without_baked_at(&old) == without_baked_at(html)
+    if let Some(old) = &old
+        && without_tags(old) == without_tags(html)
         && gz_path(path).exists()
     {
         return Ok(Outcome::Unchanged);
     }
+    let html = with_read_at(html, read_at);
     write_page(path, html.as_bytes()).map(Outcome::Written)
 }
 
-/// The page with its `baked-at` tag cut out.
-fn without_baked_at(html: &str) -> std::borrow::Cow<'_, str> {
-    match baked_at(html) {
-        Some(ms) => html.replacen(&baked_at_meta(ms), "", 1).into(),
+/// The page with its `read-at` tag set to `read_at` (after the `baked-at`
+/// tag, or first in `<head>`).
+fn with_read_at(html: &str, read_at: SystemTime) -> String {
+    let mut html = without_read_at(html).into_owned();
+    let at = html
+        .find("<meta name=\"baked-at\"")
+        .and_then(|i| html[i..].find('>').map(|j| i + j + 1))
+        .or_else(|| html.find("<head>").map(|i| i + 6))
+        .unwrap_or(0);
+    html.insert_str(at, &read_at_meta(micros(read_at)));
+    html
+}
+
+fn without_read_at(html: &str) -> std::borrow::Cow<'_, str> {
+    match read_at_of(html) {
+        Some(us) => html.replacen(&read_at_meta(us), "", 1).into(),
         None => html.into(),
+    }
+}
+
+/// The page with its `baked-at` and `read-at` tags cut out.
+fn without_tags(html: &str) -> String {
+    let html = without_read_at(html);
+    match baked_at(&html) {
+        Some(ms) => html.replacen(&baked_at_meta(ms), "", 1),
+        None => html.into_owned(),
     }
 }
 
@@ -797,6 +932,8 @@ fn write_page(path: &Path, html: &[u8]) -> anyhow::Result<Baked> {
         bytes: html.len() as u64,
         gzip_bytes: gz.len() as u64,
         removed: false,
+        kept_fresher: false,
+        unchanged: false,
     })
 }
 
@@ -929,6 +1066,26 @@ mod tests {
         );
         assert_eq!(baked_at(&html), Some(1234));
         assert_eq!(baked_at("<head></head>"), None);
+    }
+
+    #[test]
+    fn the_read_at_tag_goes_after_baked_at_and_is_replaced() {
+        let html = format!(
+            "<head><meta charset=\"utf-8\">{}</head>",
+            baked_at_meta(1234)
+        );
+        let t = UNIX_EPOCH + Duration::from_micros(5_000_001);
+        let tagged = with_read_at(&html, t);
+        assert_eq!(read_at_of(&tagged), Some(5_000_001));
+        assert!(tagged.contains(&format!(
+            "{}{}",
+            baked_at_meta(1234),
+            read_at_meta(5_000_001)
+        )));
+        let again = with_read_at(&tagged, t + Duration::from_micros(1));
+        assert_eq!(read_at_of(&again), Some(5_000_002));
+        assert_eq!(again.matches("read-at").count(), 1);
+        assert_eq!(without_tags(&again), without_tags(&html));
     }
 
     #[test]

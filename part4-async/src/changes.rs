@@ -6,14 +6,15 @@
 //! write what it changed ([`Committed`]: a post, a comment or a like on
 //! an article, a new friendship); part 3 deletes the cached objects it
 //! changed there. Part 4 adds one step after that invalidation: it
-//! publishes a [`Change`] on the queue `<QUEUE_NAME>.changes` (the same
-//! [`JobQueue`] backends as the jobs), and the user's write is answered.
+//! hands a [`Change`] to a task that publishes it on the queue
+//! `<QUEUE_NAME>.changes` (the same [`JobQueue`] backends as the jobs),
+//! and the user's write is answered at once, without waiting for it.
 //! A worker ([`ChangeWorker`], in `part4-worker` beside the job consumer)
 //! takes the change and does the slow part:
 //!
 //! | change | the worker |
 //! |---|---|
-//! | `article {id}` (a comment, a like) | re-fills part 3's `article:{id}` through its read-through ([`CacheLayer::fill_article`]), re-bakes `articles/<id>.html` |
+//! | `article {id}` (a comment, a like) | re-fills part 3's `article:{id}` through its read-through ([`CacheLayer::fill_article`]), re-bakes `articles/<id>.html` and its author's page (which shows each article's likes and comments) |
 //! | `post {author}` | fans the new articles out into the friends' timelines ([`crate::fanout`]), re-bakes the author's page and their newest article |
 //! | `friends {a, b}` | pushes each one's newest articles into the other's timeline; nothing is baked (no baked page shows friendships), and part 3's invalidation already removed the friend objects: they are small and the next read fills them |
 //!
@@ -26,15 +27,45 @@
 //! reader hits. The same for the baked page: nginx serves the re-baked
 //! file, and no clone renders anything.
 //!
+//! Only `article:{id}` is re-filled. The write also deleted part 3's
+//! `page:{id}` (the rendered HTML, which nginx's baked file replaces in
+//! part 4) and `summary:{id}` (an article as the feed lists it, which the
+//! feed fills for all its missing articles with one batched query on its
+//! next read): both are derived on the next read, cheaply.
+//!
 //! **Freshness.** The write is visible at once through the clones (part
 //! 3's invalidation, read-your-writes); the baked page and the timelines
 //! catch up when the worker has done the change: a delay of one queue
 //! hop plus the work, which the demo measures (the staleness window).
-//! Publishing is best effort: if the queue does not take the change in
-//! time, the failure is logged, the user's write still succeeds, and the
-//! scheduled full re-bake (`part4-bake --interval-secs`) catches up
-//! what events missed. A transactional outbox (the change written in the
-//! write's transaction, published from the table) would close that gap.
+//! Two changes of one article may be done by two workers and finish out
+//! of order; the baker keeps a page that comes from a later read of the
+//! database ([`Baker::article`]), so the older re-bake never wins.
+//!
+//! **Best effort, never in the user's way.** The publish runs in a task
+//! of its own and the write does not wait for it: with the broker slow
+//! or down, writes cost what they cost in part 3. At most
+//! [`MAX_IN_FLIGHT`] publishes wait at once; past that, a change is
+//! dropped and counted ([`PublishStats::dropped`]). A change that fails,
+//! times out or is dropped is logged, the user's write still succeeds,
+//! and the scheduled full re-bake (`part4-bake --interval-secs`) catches
+//! up what events missed. A transactional outbox (the change written in
+//! the write's transaction, published from the table) would close that
+//! gap.
+//!
+//! **A stated simplification: the changes queue is not bounded.** With
+//! every worker stopped it grows with every write, though its messages
+//! are worth little once the next full re-bake has run. The fix is
+//! RabbitMQ's `x-max-length` with `x-overflow: drop-head` on this queue
+//! (and `LTRIM` after the `LPUSH` on Redis); it is not done here because
+//! (1) RabbitMQ refuses to re-declare an existing queue with other
+//! arguments (`PRECONDITION_FAILED`), so every broker that already has
+//! `<QUEUE_NAME>.changes` would need it deleted first; (2) a quorum queue
+//! with `drop-head` falls back from at-least-once to at-most-once
+//! dead-lettering, and dead-letters each dropped message into
+//! `<QUEUE_NAME>.changes.dead`, so the dead-letter and parked queues
+//! (which nothing reads for changes) would need the same bound. A
+//! production setup sets both bounds by *policy*, which can change
+//! without re-declaring.
 //!
 //! **Idempotent by nature.** Every effect of a change converges: a
 //! re-fill stores what the database says now, a re-bake writes the page
@@ -63,7 +94,7 @@ use part3_cache::stampede::Outcome as CacheOutcome;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
-use crate::bake::{Baker, UnsafeUsername};
+use crate::bake::{Baked, Baker, UnsafeUsername};
 use crate::fanout::{Fanout, Timelines};
 use crate::job::{Envelope, JobId, now_ms};
 use crate::queue::{Delivery, JobConsumer, JobQueue, QueueConfig, QueueError};
@@ -160,34 +191,69 @@ pub async fn publish<Q: JobQueue>(queue: &Q, change: Change) -> Result<(), Queue
     queue.enqueue(&message.envelope()).await
 }
 
-/// Publishes and failures counted by the hook.
+/// Publishes the hook may have in flight at once: past it, a change is
+/// dropped (counted, logged), not queued in memory behind a slow broker.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// Publishes, failures and drops counted by the hook.
 #[derive(Debug, Default)]
 pub struct PublishStats {
     /// Changes the queue took.
     pub published: AtomicU64,
-    /// Changes lost (logged; the scheduled re-bake catches up).
+    /// Changes lost: the queue refused or did not answer in time (logged;
+    /// the scheduled re-bake catches up).
     pub failed: AtomicU64,
+    /// Changes not even tried: [`MAX_IN_FLIGHT`] publishes were already
+    /// waiting on the queue (logged; the scheduled re-bake catches up).
+    pub dropped: AtomicU64,
 }
 
 /// Part 2's after-commit hook, extended: `previous` first (part 3's
 /// invalidation, so the worker never re-fills before the delete), then
-/// the change published on `queue`, waiting at most `limit`. Best
-/// effort: a failure is logged and counted, never the user's error. In
-/// a task of its own, so a client that goes away does not cut it short.
+/// the change handed to a task of its own that publishes it on `queue`
+/// (waiting at most `limit`), and the hook returns at once: **the user's
+/// write never waits for the broker**. With the broker down, a write
+/// costs what it cost in part 3, and the publishes time out in the
+/// background.
+///
+/// At most [`MAX_IN_FLIGHT`] publishes are in flight; a change that
+/// finds them all taken is dropped and counted in
+/// [`PublishStats::dropped`] (a slow broker must not pile up tasks and
+/// memory in every clone). Best effort throughout: a failed, timed-out
+/// or dropped change is logged and counted, never the user's error, and
+/// the scheduled full re-bake catches up what it missed.
 pub fn after_commit<Q: JobQueue>(
     previous: Option<AfterCommit>,
     queue: Arc<Q>,
     limit: Duration,
     stats: Arc<PublishStats>,
 ) -> AfterCommit {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     Arc::new(move |what: Committed| -> BoxFuture<'static, ()> {
-        let (previous, queue, stats) = (previous.clone(), queue.clone(), stats.clone());
+        let (previous, queue, stats, slots) = (
+            previous.clone(),
+            queue.clone(),
+            stats.clone(),
+            slots.clone(),
+        );
         Box::pin(async move {
             if let Some(hook) = &previous {
                 hook(what.clone()).await;
             }
             let change = Change::from(&what);
-            let task = tokio::spawn(async move {
+            let Ok(slot) = slots.try_acquire_owned() else {
+                let dropped = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    ?change,
+                    in_flight = MAX_IN_FLIGHT,
+                    dropped,
+                    "too many changes waiting on the queue: dropped; the scheduled re-bake will catch up"
+                );
+                return;
+            };
+            // Not awaited: the write is answered while this publishes.
+            tokio::spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(limit, publish(&*queue, change.clone())).await {
                     Ok(Ok(())) => {
                         stats.published.fetch_add(1, Ordering::Relaxed);
@@ -202,7 +268,6 @@ pub fn after_commit<Q: JobQueue>(
                     }
                 }
             });
-            let _ = task.await;
         })
     })
 }
@@ -216,10 +281,24 @@ pub struct Effects {
     pub filled: Option<CacheOutcome>,
     /// Pages baked (or removed).
     pub baked: u64,
+    /// Pages left as they were: the page on disk already came from a
+    /// later read (another worker's re-bake of a newer change finished
+    /// first), or it was this page already.
+    pub kept: u64,
     /// The fan-out of a post.
     pub fanout: Option<Fanout>,
     /// Timelines written (the fan-out's, or a new friendship's).
     pub timelines: u64,
+}
+
+impl Effects {
+    fn count(&mut self, b: &Baked) {
+        if b.kept_fresher || b.unchanged {
+            self.kept += 1;
+        } else {
+            self.baked += 1;
+        }
+    }
 }
 
 /// What happened to one delivery.
@@ -338,21 +417,22 @@ impl ChangeWorker {
                     Err(ApiError::NotFound(_)) => None,
                     Err(e) => anyhow::bail!("re-filling article {id}: {e}"),
                 };
-                self.baker.article(id).await?;
-                fx.baked += 1;
+                fx.count(&self.baker.article(id).await?);
+                // The author page shows each article's likes and comments.
+                let author: Option<u64> =
+                    sqlx::query_scalar("SELECT author_id FROM articles WHERE id = ?")
+                        .bind(id)
+                        .fetch_optional(self.pool())
+                        .await?;
+                if let Some(author) = author {
+                    self.bake_author(author, &mut fx).await?;
+                }
             }
             Change::Post { author } => {
                 let fanout = self.timelines.fan_out(self.pool(), author).await?;
                 fx.timelines = fanout.timelines;
                 fx.fanout = Some(fanout);
-                match self.baker.author(author).await {
-                    Ok(_) => fx.baked += 1,
-                    Err(e) if e.downcast_ref::<UnsafeUsername>().is_some() => {
-                        // Never bakeable: retrying would not help.
-                        tracing::warn!(worker = %self.name, error = %e, "author page not baked");
-                    }
-                    Err(e) => return Err(e),
-                }
+                self.bake_author(author, &mut fx).await?;
                 let newest: Option<u64> = sqlx::query_scalar(
                     "SELECT id FROM articles WHERE author_id = ? ORDER BY id DESC LIMIT 1",
                 )
@@ -360,8 +440,7 @@ impl ChangeWorker {
                 .fetch_optional(self.pool())
                 .await?;
                 if let Some(id) = newest {
-                    self.baker.article(id).await?;
-                    fx.baked += 1;
+                    fx.count(&self.baker.article(id).await?);
                 }
             }
             Change::Friends { a, b } => {
@@ -375,6 +454,20 @@ impl ChangeWorker {
         s.baked.fetch_add(fx.baked, Ordering::Relaxed);
         s.timelines.fetch_add(fx.timelines, Ordering::Relaxed);
         Ok(fx)
+    }
+
+    /// Re-bakes `author`'s page; a username that can never be a file name
+    /// is logged, not retried.
+    async fn bake_author(&self, author: u64, fx: &mut Effects) -> anyhow::Result<()> {
+        match self.baker.author(author).await {
+            Ok(b) => fx.count(&b),
+            Err(e) if e.downcast_ref::<UnsafeUsername>().is_some() => {
+                // Never bakeable: retrying would not help.
+                tracing::warn!(worker = %self.name, error = %e, "author page not baked");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     async fn process(&self, delivery: &Delivery) -> (Option<Change>, Decision) {

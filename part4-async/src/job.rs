@@ -16,8 +16,15 @@
 //! is at-least-once delivery plus an idempotent effect; no queue gives it
 //! alone.
 //!
+//! A job whose status is `failed` stays failed: the user was told so
+//! (the queue gave up on it, or its publish failed), and a late attempt
+//! that finishes anyway commits nothing ([`Completed::Failed`]).
+//!
 //! Tables (`migrations/0001_jobs.sql`): `jobs`, `job_effects` (the claim),
-//! `job_results` (what the export produced).
+//! `job_results` (what the export produced). `jobs.published_at`
+//! (`migrations/0003_jobs_published.sql`) says that a publish of the job
+//! was confirmed: the sweeper ([`crate::worker`]) re-sends only the rows
+//! where it is NULL.
 
 use std::fmt;
 use std::str::FromStr;
@@ -263,6 +270,12 @@ pub enum Completed {
     Committed,
     /// Another attempt had taken the claim: nothing was written.
     AlreadyDone,
+    /// The job was marked `failed` before this attempt could commit (the
+    /// dead-letter watcher gave up on it while a copy was still running):
+    /// nothing was written, and the row stays `failed`. The user was told
+    /// "failed"; a result appearing later, or a claim for a job shown as
+    /// failed, would contradict what they saw.
+    Failed,
 }
 
 /// A job's effect: here, a result document stored for its owner.
@@ -465,13 +478,18 @@ impl JobStore {
 
     /// Marks a job `running` at 0 % and counts the attempt, unless it is
     /// finished. Returns the row as it is now (finished rows unchanged), or
-    /// `None` if there is no such job.
+    /// `None` if there is no such job. Also records that the job was
+    /// published (it was delivered, so it was), if nobody had yet: the
+    /// sweeper then leaves it alone.
     pub async fn start(&self, id: &JobId) -> anyhow::Result<Option<Job>> {
+        let now = now_ms();
         sqlx::query(
-            "UPDATE jobs SET status = 'running', progress = 0, attempts = attempts + 1, updated_at = ? \
+            "UPDATE jobs SET status = 'running', progress = 0, attempts = attempts + 1, updated_at = ?, \
+             published_at = COALESCE(published_at, ?) \
              WHERE id = ? AND status IN ('queued', 'running')",
         )
-        .bind(now_ms())
+        .bind(now)
+        .bind(now)
         .bind(id.as_str())
         .execute(&self.pool)
         .await
@@ -494,7 +512,9 @@ impl JobStore {
     }
 
     /// Commits the job's effect, its claim and `done` in one transaction.
-    /// If another attempt holds the claim, writes nothing and says so.
+    /// If another attempt holds the claim, writes nothing and says so; if
+    /// the job was marked `failed` meanwhile, writes nothing either and
+    /// leaves it `failed` ([`Completed::Failed`]).
     pub async fn complete(
         &self,
         id: &JobId,
@@ -503,8 +523,33 @@ impl JobStore {
     ) -> anyhow::Result<Completed> {
         let mut tx = self.pool.begin().await.context("starting a transaction")?;
         let now = now_ms();
-        // The claim first: a concurrent attempt waits here on the row lock
-        // until we commit, then gets "duplicate" and writes nothing.
+        // The job's row first, locked until we commit: the dead-letter
+        // watcher's `failed` (an UPDATE of the same row) then happens
+        // either wholly before us, and we see it here, or after us, and it
+        // finds the row `done` and leaves it. Without the lock, a copy of
+        // the job finishing late would turn a `failed` the user has seen
+        // into `done`. Every writer locks the `jobs` row before (or
+        // without) the claim, so the two locks never wait on each other in
+        // opposite orders.
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM jobs WHERE id = ? FOR UPDATE")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .with_context(|| format!("locking job {id}'s row"))?;
+        match status.as_deref() {
+            None => {
+                tx.rollback().await.ok();
+                anyhow::bail!("no job {id} in the jobs table: nothing to complete");
+            }
+            Some("failed") => {
+                tx.rollback().await.ok();
+                return Ok(Completed::Failed);
+            }
+            Some(_) => {}
+        }
+        // Then the claim: a concurrent attempt waited on the row lock above
+        // until we committed, and now gets "duplicate" and writes nothing.
         let claim =
             sqlx::query("INSERT INTO job_effects (job_id, worker, claimed_at) VALUES (?, ?, ?)")
                 .bind(id.as_str())
@@ -573,14 +618,48 @@ impl JobStore {
         Ok(changed > 0)
     }
 
-    /// The sweeper's candidates: `queued` rows nobody has touched for
-    /// `stale_ms` (their publish may never have happened), oldest first,
-    /// at most `limit`. Read without locks: [`JobStore::take_stale`]
+    /// Records that a publish of the job was confirmed (the clone after
+    /// the broker's confirm, the sweeper after its own): from now on the
+    /// sweeper leaves the row alone, however long it waits in the queue.
+    /// Returns whether this call set it (`false`: set before, or no row).
+    pub async fn mark_published(&self, id: &JobId) -> anyhow::Result<bool> {
+        let set =
+            sqlx::query("UPDATE jobs SET published_at = ? WHERE id = ? AND published_at IS NULL")
+                .bind(now_ms())
+                .bind(id.as_str())
+                .execute(&self.pool)
+                .await
+                .with_context(|| format!("recording that job {id} was published"))?;
+        Ok(set.rows_affected() == 1)
+    }
+
+    /// When a publish of the job was first confirmed (ms since the
+    /// epoch); `None` if never (or no such job). Tests and drills read it.
+    pub async fn published_at(&self, id: &JobId) -> anyhow::Result<Option<i64>> {
+        let at: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT published_at FROM jobs WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .with_context(|| format!("reading when job {id} was published"))?;
+        Ok(at.flatten())
+    }
+
+    /// The sweeper's candidates: `queued` rows whose publish was never
+    /// confirmed (`published_at` NULL) and that nobody has touched for
+    /// `stale_ms`, oldest first, at most `limit`. A job that is merely
+    /// waiting behind a backlog was published and is not a candidate,
+    /// however long it waits. Read without locks: [`JobStore::take_stale`]
     /// decides which sweeper gets each one.
+    ///
+    /// `updated_at` rather than `created_at`: for a row never published
+    /// they are equal (nobody has worked on it), except after a sweeper
+    /// took it and its publish failed; `updated_at` then makes it wait a
+    /// whole window before the next try.
     pub async fn stale_queued(&self, stale_ms: i64, limit: u32) -> anyhow::Result<Vec<JobId>> {
         let cutoff = now_ms() - stale_ms;
         let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE status = 'queued' AND updated_at < ? \
+            "SELECT id FROM jobs WHERE status = 'queued' AND published_at IS NULL AND updated_at < ? \
              ORDER BY updated_at, id LIMIT ?",
         )
         .bind(cutoff)
@@ -593,15 +672,19 @@ impl JobStore {
             .collect()
     }
 
-    /// Takes a stale `queued` row for publishing again: bumps its
-    /// `updated_at` if it is *still* queued and stale. One statement, so
-    /// of several sweepers racing for a row exactly one sees `true`, and
-    /// the row is not stale again for another `stale_ms`: it is published
-    /// again at most once per window, whoever sweeps.
+    /// Takes a stale unpublished row for publishing: bumps its
+    /// `updated_at` if it is *still* queued, unpublished and stale. One
+    /// statement, so of several sweepers racing for a row exactly one sees
+    /// `true`, and the row is not stale again for another `stale_ms`: it
+    /// is sent at most once per window, whoever sweeps. The sweeper sets
+    /// `published_at` once its publish is confirmed
+    /// ([`JobStore::mark_published`]); a sweeper that dies (or whose
+    /// publish fails) in between leaves the row for the next window.
     pub async fn take_stale(&self, id: &JobId, stale_ms: i64) -> anyhow::Result<bool> {
         let now = now_ms();
         let taken = sqlx::query(
-            "UPDATE jobs SET updated_at = ? WHERE id = ? AND status = 'queued' AND updated_at < ?",
+            "UPDATE jobs SET updated_at = ? \
+             WHERE id = ? AND status = 'queued' AND published_at IS NULL AND updated_at < ?",
         )
         .bind(now)
         .bind(id.as_str())

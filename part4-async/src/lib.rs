@@ -80,8 +80,8 @@
 //! | `WORKER_NAME` | `worker-<pid>` | in logs and in the claim rows |
 //! | `JOB_MIN_MS` | `1000` | the stated minimum duration of a job |
 //! | `SHUTDOWN_GRACE_MS` | `10000` | on SIGTERM, time for the job in hand |
-//! | `STALE_QUEUED_SECS` | `60` | the sweeper publishes again `queued` rows untouched this long (0: off) |
-//! | `SWEEP_LIMIT` | `100` | rows the sweeper publishes again per pass |
+//! | `STALE_QUEUED_SECS` | `60` | the sweeper publishes `queued` rows whose publish was never confirmed after this long; jobs waiting in the queue are left alone (0: off) |
+//! | `SWEEP_LIMIT` | `100` | rows the sweeper publishes per pass |
 //! | `BAKE_DIR` | `.lab/data/nginx/html` | the baked tree nginx serves ([`bake`]) |
 //! | `BAKE_INTERVAL_SECS` | `0` | `part4-bake`: seconds between full re-bakes (0: once) |
 //! | `CHANGES` | `true` | `part4-worker`: also consume `<QUEUE_NAME>.changes` ([`changes`]) |

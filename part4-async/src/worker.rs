@@ -46,19 +46,29 @@
 //!   and parks the message, where it stays for a person. A job that a
 //!   worker gave up on is `failed` already and only parked.
 //! - **The sweeper.** A clone that dies between inserting a job's row and
-//!   publishing it leaves the row `queued` with nothing on the queue. Every
-//!   few seconds the sweeper publishes again the `queued` rows untouched
-//!   for `STALE_QUEUED_SECS`, at most `SWEEP_LIMIT` a pass. That is safe
-//!   because the effect happens once whatever the copies (the claim), and
-//!   a copy that finds its row finished is acked without work. Which
-//!   sweeper sends a row is decided by one conditional `UPDATE` per row
-//!   ([`crate::job::JobStore::take_stale`]), which also makes it fresh for
-//!   another window: with any number of workers, a stale row is sent again
-//!   once per window. The price: a job that simply *waits* in a long
-//!   queue for more than the window gets a second copy (a wasted
-//!   delivery, never a second effect); set the window above the longest
-//!   wait your backlog allows. (The other fix is an outbox: the envelope
-//!   written in the row's transaction and published from the table.)
+//!   publishing it leaves the row `queued` with nothing on the queue. The
+//!   row says whether a publish was ever confirmed: `published_at`, set by
+//!   the clone once the broker confirmed, by the sweeper after its own
+//!   confirm, or by the first worker that starts the job. Every few
+//!   seconds the sweeper publishes the `queued` rows whose `published_at`
+//!   is still NULL after `STALE_QUEUED_SECS`, at most `SWEEP_LIMIT` a
+//!   pass, and then sets it. A job merely *waiting* behind a long backlog
+//!   was published, so it is never sent twice, however long it waits (a
+//!   copy would run the whole export again beside the first and reset the
+//!   user's progress bar, and a backlog would grow faster the longer it
+//!   is). The sweeper also cannot overrun `MAX_QUEUE_DEPTH`: it only sends
+//!   rows the frontend accepted under that limit and never got onto the
+//!   queue. Which sweeper sends a row is decided by one conditional
+//!   `UPDATE` per row ([`crate::job::JobStore::take_stale`]), which also
+//!   makes it fresh for another window: with any number of workers, an
+//!   unpublished row is sent at most once per window until one publish is
+//!   confirmed. A copy is still possible, and harmless: a clone that died
+//!   after the broker's confirm but before writing `published_at` (the
+//!   write is off the request's path), or a sweeper that died after its
+//!   publish. The effect happens once whatever the copies (the claim), and
+//!   a copy that finds its row finished is acked without work. (The other
+//!   fix is an outbox: the envelope written in the row's transaction and
+//!   published from the table.)
 //!
 //! Tests run one pass of each ([`Worker::watch_dead_letters`],
 //! [`Worker::sweep`]).
@@ -100,11 +110,12 @@ pub struct WorkerConfig {
     /// put back in the queue.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
-    /// The sweeper publishes again `queued` rows untouched this long (a
-    /// clone died between the insert and the publish). 0 turns it off.
+    /// The sweeper publishes `queued` rows whose publish was never
+    /// confirmed after this long (a clone died between the insert and the
+    /// publish); jobs waiting in the queue are left alone. 0 turns it off.
     #[arg(long, env = "STALE_QUEUED_SECS", default_value_t = 60)]
     pub stale_queued_secs: u64,
-    /// At most this many rows published again per sweep pass.
+    /// At most this many rows published per sweep pass.
     #[arg(long, env = "SWEEP_LIMIT", default_value_t = 100)]
     pub sweep_limit: u32,
 }
@@ -135,7 +146,8 @@ impl WorkerConfig {
 pub enum Outcome {
     /// The effect was committed by this attempt, and the job acked.
     Done,
-    /// The job was finished before (a redelivery, or a duplicate message):
+    /// The job was finished before (a redelivery, or a duplicate message),
+    /// or marked `failed` while this attempt ran (the user was told so):
     /// nothing was written, the message acked.
     AlreadyDone,
     /// The attempt failed and the job went back to the queue.
@@ -182,7 +194,7 @@ pub struct WorkerStats {
     pub dead_marked: AtomicU64,
     /// Dead letters the watcher parked.
     pub parked: AtomicU64,
-    /// Stale `queued` jobs the sweeper published again.
+    /// Unpublished `queued` jobs the sweeper published.
     pub swept: AtomicU64,
 }
 
@@ -200,9 +212,9 @@ pub struct Watched {
 /// What one sweep pass did ([`Worker::sweep`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Swept {
-    /// Stale `queued` rows found (at most the limit).
+    /// Stale unpublished `queued` rows found (at most the limit).
     pub stale: u64,
-    /// Of those, published again by this pass.
+    /// Of those, published (and marked published) by this pass.
     pub republished: u64,
     /// Taken by another sweeper first, or no longer queued.
     pub skipped: u64,
@@ -541,11 +553,13 @@ impl Worker {
         Ok(changed.then_some(reason))
     }
 
-    /// One sweep pass: publishes again, on `queue`, the `queued` rows
+    /// One sweep pass: publishes, on `queue`, the `queued` rows whose
+    /// publish was never confirmed (`published_at` NULL) and that are
     /// untouched for `STALE_QUEUED_SECS` (at most `SWEEP_LIMIT`), each
     /// taken first by a conditional update so that no other sweeper sends
-    /// it too (see the module docs). Stops at the first failed publish:
-    /// the queue is down, and the rows wait for the next window.
+    /// it too, and marked published once the queue confirmed (see the
+    /// module docs). Stops at the first failed publish: the queue is down,
+    /// and the rows wait for the next window.
     pub async fn sweep<Q: JobQueue>(&self, queue: &Q) -> anyhow::Result<Swept> {
         let mut swept = Swept::default();
         if self.stale.is_zero() {
@@ -571,6 +585,11 @@ impl Worker {
             }
             swept.republished += 1;
             self.stats.swept.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.store.mark_published(&id).await {
+                // The next window sends another copy: a wasted delivery,
+                // never a second effect.
+                tracing::warn!(worker = %self.name, job = %id, error = %e, "published a stale job but could not record it");
+            }
         }
         Ok(swept)
     }
@@ -669,6 +688,12 @@ impl Worker {
         Ok(match self.store.complete(id, &self.name, &effect).await? {
             Completed::Committed => Decision::Ack(Outcome::Done),
             Completed::AlreadyDone => Decision::Ack(Outcome::AlreadyDone),
+            Completed::Failed => {
+                // Finished, as far as the user knows: they were told
+                // `failed`. The work is dropped, the message acked.
+                tracing::info!(worker = %self.name, job = %id, "finished a job already marked failed: nothing written");
+                Decision::Ack(Outcome::AlreadyDone)
+            }
         })
     }
 

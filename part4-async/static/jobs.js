@@ -84,9 +84,10 @@
     return res.data && typeof res.data.error === 'string' ? res.data.error : fallback;
   }
 
-  // A link the page builds from server data must stay on this site.
+  // A link the page builds from server data must stay on this site: a
+  // path, or null. Browsers read `//host` and `/\host` as another site.
   function localPath(url) {
-    return typeof url === 'string' && url.startsWith('/') && !url.startsWith('//') ? url : null;
+    return typeof url === 'string' && /^\/(?![\/\\])/.test(url) ? url : null;
   }
 
   const isFinished = (job) => job.status === 'done' || job.status === 'failed';

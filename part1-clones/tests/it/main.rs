@@ -7,6 +7,7 @@ mod cluster;
 mod connections;
 mod load;
 mod logins;
+mod metrics;
 mod parts;
 mod readiness;
 mod sessions;

@@ -97,6 +97,27 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Vec<u8>, bool), ApiError>>,
     {
+        let answer = self.bytes_uncounted(key, load).await;
+        if let Ok((_, outcome)) = &answer {
+            // The live page's hit ratio: lab_cache_requests_total.
+            let backend = self
+                .read_through
+                .as_ref()
+                .map_or("none", |rt| rt.backend().name());
+            metrics::counter!(common::metrics::CACHE_REQUESTS, "backend" => backend, "pattern" => self.mode.as_str(), "result" => outcome.as_str()).increment(1);
+        }
+        answer
+    }
+
+    async fn bytes_uncounted<F, Fut>(
+        &self,
+        key: Option<Key>,
+        load: F,
+    ) -> Result<(Vec<u8>, Outcome), ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Vec<u8>, bool), ApiError>>,
+    {
         let (Some(key), Some(rt)) = (key, self.read_through.as_ref()) else {
             return Ok((load().await?.0, Outcome::Bypass));
         };

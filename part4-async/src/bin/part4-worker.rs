@@ -15,7 +15,8 @@
 //! where the clones never look. Its own: `--changes true|false`
 //! (`CHANGES`, default true), `--bake-dir` (`BAKE_DIR`), `--port`
 //! (`PORT`, default 0: no health endpoint; otherwise `GET /health` on
-//! `BIND_ADDR:PORT`), `TIMELINE_CAP`, `FANOUT_MAX_FRIENDS`. Every other
+//! `BIND_ADDR:PORT`, and `GET /metrics` beside it: `lab_jobs_total{event}`
+//! for the live page), `TIMELINE_CAP`, `FANOUT_MAX_FRIENDS`. Every other
 //! setting is in the crate's docs (`part4_async`).
 
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ use part4_async::changes::{self, ChangeWorker};
 use part4_async::fanout::{FanoutConfig, Timelines};
 use part4_async::job::JobStore;
 use part4_async::queue::{AnyQueue, JobQueue, QueueConfig};
-use part4_async::worker::{Worker, WorkerConfig};
+use part4_async::worker::{Worker, WorkerConfig, WorkerStats};
 
 /// A part 4 worker.
 #[derive(clap::Parser)]
@@ -127,7 +128,17 @@ async fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("the health endpoint cannot listen on {addr}"))?;
-        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok\n" }));
+        common::metrics::install();
+        let stats = worker.stats();
+        let app = axum::Router::new()
+            .route("/health", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let stats = stats.clone();
+                    async move { metrics_page(&stats) }
+                }),
+            );
         let until = stop(stop_rx.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app)
@@ -137,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "the health endpoint stopped");
             }
         });
-        tracing::info!(%addr, "GET /health");
+        tracing::info!(%addr, "GET /health, GET /metrics");
     }
     let jobs = worker.run_until_stopped(consumer, stop(stop_rx.clone()));
     let changes = async {
@@ -153,6 +164,27 @@ async fn main() -> anyhow::Result<()> {
     jobs?;
     changes?;
     Ok(())
+}
+
+/// `GET /metrics`: the worker's counts (its [`WorkerStats`], copied into
+/// `lab_jobs_total{event}` at each scrape) in Prometheus's text format.
+/// `failed` is an attempt that failed and was put back for a retry.
+fn metrics_page(stats: &WorkerStats) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (event, n) in [
+        ("done", &stats.done),
+        ("failed", &stats.retried),
+        ("dead_lettered", &stats.dead_lettered),
+    ] {
+        metrics::counter!(common::metrics::JOBS, "event" => event).absolute(n.load(Relaxed));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            common::metrics::CONTENT_TYPE,
+        )],
+        common::metrics::render(),
+    )
 }
 
 /// Resolves on SIGTERM (what `./lab stop` and process managers send) or

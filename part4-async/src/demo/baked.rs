@@ -49,6 +49,10 @@ use crate::queue::{AnyQueue, Backend, JobQueue};
 pub const CONCURRENCY: usize = 16;
 /// Comments whose staleness is measured.
 pub const WRITES: usize = 10;
+/// How long a comment is given to show on the baked page. One that never
+/// shows counts in the staleness sample as this bound (a lower bound of
+/// its true staleness), and the figures then say "≥".
+pub const SHOW_BOUND: Duration = Duration::from_secs(10);
 /// The comparison the three page runs belong to.
 const PAGES: &str = "the article page three ways (16 clients, Zipf)";
 /// The lab's one nginx site template (rendered by `./lab` too).
@@ -69,7 +73,8 @@ pub struct BakedRun {
     pub dynamic: LoadReport,
     /// Part 3's cached page.
     pub cached: LoadReport,
-    /// The staleness window of each write.
+    /// The staleness window of each write; a write that never showed
+    /// counts as [`SHOW_BOUND`] (at least that stale).
     pub staleness: Vec<Duration>,
     /// Writes whose page never showed the comment within the limit.
     pub never_shown: u64,
@@ -278,14 +283,28 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<BakedRun> {
         lat.record(*d);
     }
     let s = lat.summary();
+    // Writes that never showed are in the sample as the bound: a figure
+    // they reach is a lower bound, and says so.
+    // (A little under the bound: the summary may round.)
+    let bound_us = SHOW_BOUND.as_micros() as u64 * 99 / 100;
+    let at_least = |us: u64| {
+        let t = measure::fmt_us(us);
+        if r.never_shown > 0 && us >= bound_us {
+            format!("≥ {t}")
+        } else {
+            t
+        }
+    };
     figure(
         Kind::Measured,
         format!(
-            "{} comments: the baked page showed each {} after the 201 at the median, {} at the slowest ({} never within 10 s); a change worker re-baked it",
+            "{} comments: the baked page showed each {} after the 201 at the median, {} at the slowest ({} never within {} s, counted as {} s); a change worker re-baked it",
             r.staleness.len(),
-            measure::fmt_us(s.p50_us),
-            measure::fmt_us(s.max_us),
-            r.never_shown
+            at_least(s.p50_us),
+            at_least(s.max_us),
+            r.never_shown,
+            SHOW_BOUND.as_secs(),
+            SHOW_BOUND.as_secs(),
         ),
     );
     demo.results.measured(
@@ -293,21 +312,29 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<BakedRun> {
         "staleness p50",
         s.p50_us as f64,
         "µs",
-        "from the comment's 201 to the baked file showing it",
+        if r.never_shown > 0 && s.p50_us >= bound_us {
+            "a lower bound (≥): from the comment's 201 to the baked file showing it, a write that never showed counted as the bound"
+        } else {
+            "from the comment's 201 to the baked file showing it"
+        },
     );
     demo.results.measured(
         cmp,
         "staleness p99 (the slowest of a handful)",
         s.max_us as f64,
         "µs",
-        "the slowest of the writes: with 10, p99 is the maximum",
+        if r.never_shown > 0 {
+            "a lower bound (≥): the slowest of the writes, a write that never showed counted as the bound; with 10, p99 is the maximum"
+        } else {
+            "the slowest of the writes: with 10, p99 is the maximum"
+        },
     );
     demo.results.measured(
         cmp,
         "writes never shown",
         r.never_shown as f64,
         "writes",
-        "comments the baked page did not show within 10 s",
+        "comments the baked page did not show within the bound (in the staleness sample as the bound)",
     );
     Ok(r)
 }
@@ -509,7 +536,10 @@ async fn staleness(
                     windows.push(acked.elapsed());
                     break;
                 }
-                if acked.elapsed() > Duration::from_secs(10) {
+                if acked.elapsed() > SHOW_BOUND {
+                    // At least this stale: in the sample as the bound, so
+                    // the figures never read better than the truth.
+                    windows.push(SHOW_BOUND);
                     never += 1;
                     break;
                 }

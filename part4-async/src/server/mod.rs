@@ -80,15 +80,22 @@
 //!
 //! A clone that dies between the insert and the publish leaves its row
 //! `queued` with nothing on the queue (a retry with the same key finds
-//! that row). The workers' sweeper closes that gap: every few seconds it
-//! publishes again the `queued` rows untouched for `STALE_QUEUED_SECS`
-//! (60 by default), at most `SWEEP_LIMIT` a pass, each taken by one
-//! conditional `UPDATE` so that only one worker sends it (see
-//! [`crate::worker`]). A copy of a job that was published after all is
-//! harmless: the claim makes the effect happen once, and a worker that
-//! finds the row finished acks it without work. (An outbox, the envelope
-//! written in the job's transaction and published from the table, is the
-//! other fix.)
+//! that row). The workers' sweeper closes that gap. Once the broker
+//! confirmed the publish, the clone records it in the row
+//! (`published_at`), on a task of its own so the `202` does not wait for
+//! that write; the sweeper publishes only `queued` rows where it is still
+//! NULL after `STALE_QUEUED_SECS` (60 by default), at most `SWEEP_LIMIT` a
+//! pass, each taken by one conditional `UPDATE` so that only one worker
+//! sends it (see [`crate::worker`]). A job waiting its turn behind a
+//! backlog was published, and is never sent twice. If the clone dies
+//! after the confirm but before that write (or the write fails), the
+//! sweeper sends a copy of a job that is on the queue already: harmless,
+//! the claim makes the effect happen once, and a worker that finds the row
+//! finished acks it without work (the first worker to start the job also
+//! sets `published_at`, which usually closes that window first). With
+//! `--jobs sync` there is no queue and nothing to record. (An outbox, the
+//! envelope written in the job's transaction and published from the
+//! table, is the other fix.)
 //!
 //! ## Retries: `Idempotency-Key`
 //!
@@ -670,6 +677,17 @@ async fn create<S: SessionStore>(
             match bounded(queue, jobs.queue_timeout, queue.enqueue(&envelope)).await {
                 Ok(()) => {
                     jobs.gate.enqueued().await;
+                    // The broker confirmed: say so in the row, so the
+                    // sweeper never sends this job again. Off the
+                    // request's path (a task of its own, which also
+                    // survives a client that hangs up now): if it never
+                    // happens, the cost is one harmless copy later.
+                    let (store, id) = (jobs.store.clone(), job.id.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = store.mark_published(&id).await {
+                            tracing::warn!(job = %id, error = %e, "could not record the confirmed publish: the sweeper will send a harmless copy");
+                        }
+                    });
                     Ok(accepted(StatusCode::ACCEPTED, &job, false))
                 }
                 Err(e) => {

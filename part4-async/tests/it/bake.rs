@@ -47,10 +47,17 @@ fn gunzip(path: &Path) -> String {
     out
 }
 
-/// The page without its `baked-at` tag.
+/// The page without its `baked-at` tag (and the `read-at` tag after it).
 fn without_meta(html: &str) -> String {
     let at = bake::baked_at(html).unwrap_or_else(|| panic!("no baked-at tag in {html}"));
-    html.replacen(&format!("<meta name=\"baked-at\" content=\"{at}\">"), "", 1)
+    let html = html.replacen(&format!("<meta name=\"baked-at\" content=\"{at}\">"), "", 1);
+    match html.find("<meta name=\"read-at\" content=\"") {
+        Some(i) => {
+            let end = i + html[i..].find('>').unwrap() + 1;
+            format!("{}{}", &html[..i], &html[end..])
+        }
+        None => html,
+    }
 }
 
 /// Part 3's rendering of article `id`, read as part 3 reads it.
@@ -552,5 +559,69 @@ async fn a_re_bake_rewrites_only_what_changed_and_prunes_nothing_alive() {
         Some(baked_at)
     );
     assert!(read(&baker.article_path(1)).contains("1 likes"));
+    db.drop().await;
+}
+
+/// Two re-bakes of one article finishing out of order: A read before a
+/// comment, B after it; B writes first, then A. B's page stays (A is
+/// kept out), for the article page and the author page alike. Then a
+/// read later than B's writes as usual.
+#[tokio::test]
+async fn an_older_read_never_overwrites_a_newer_page() {
+    let db = Db::new().await;
+    let dir = TempDir::new();
+    let baker = Baker::new(db.db.pool.clone(), &dir.0);
+
+    // A: the time before its read, then the read and the render.
+    let a_read_at = SystemTime::now();
+    let old = articles::page(&db.db.pool, Shape::Denormalized, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let a_html = bake::article_html(&old, now_ms());
+
+    // A comment lands; B reads after it and writes first.
+    let text = testing::unique_name("newer comment");
+    sqlx::query(
+        "INSERT INTO comments (article_id, author_id, body, created_at) VALUES (1, 2, ?, 4102444800)",
+    )
+    .bind(&text)
+    .execute(&db.db.pool)
+    .await
+    .unwrap();
+    let b = baker.article(1).await.unwrap();
+    assert!(!b.kept_fresher && !b.unchanged && !b.removed, "{b:?}");
+    assert!(read(&b.path).contains(&text), "B's page shows the comment");
+
+    // A finishes last: kept out.
+    let a = baker
+        .write_unless_fresher(baker.article_path(1), a_read_at, a_html.clone())
+        .await
+        .unwrap();
+    assert!(a.kept_fresher, "{a:?}");
+    assert_eq!(a.bytes, 0);
+    assert!(read(&b.path).contains(&text), "the newer page stays");
+
+    // The author page: the same guard.
+    let author = baker.author(1).await.unwrap();
+    let before = read(&author.path);
+    let late = baker
+        .write_unless_fresher(author.path.clone(), a_read_at, "older".into())
+        .await
+        .unwrap();
+    assert!(late.kept_fresher, "{late:?}");
+    assert_eq!(read(&author.path), before);
+
+    // A read later than B's is written over B's page as usual.
+    let later = baker
+        .write_unless_fresher(
+            baker.article_path(1),
+            SystemTime::now(),
+            a_html.replace("</body>", "<p>later</p></body>"),
+        )
+        .await
+        .unwrap();
+    assert!(!later.kept_fresher && !later.unchanged, "{later:?}");
+    assert!(read(&b.path).contains("<p>later</p>"));
     db.drop().await;
 }

@@ -205,7 +205,8 @@ async fn a_comment_is_baked_and_its_article_refilled(backend: Backend) {
         .await;
     assert_eq!(posted.status, 201, "{}", posted.body);
 
-    // The write answered after its change was on the queue.
+    // The write answered without waiting for the publish: the worker
+    // waits for the change (up to the deadline).
     let done = lab.step().await;
     assert_eq!(done.change, Some(Change::Article { id: 1 }));
     let ChangeOutcome::Done(fx) = &done.outcome else {
@@ -216,12 +217,31 @@ async fn a_comment_is_baked_and_its_article_refilled(backend: Backend) {
         Some(Outcome::Miss),
         "the worker loaded and stored it"
     );
-    assert_eq!(fx.baked, 1);
+    assert_eq!(
+        (fx.baked, fx.kept),
+        (2, 0),
+        "the article page and its author's page"
+    );
     assert!(done.settled);
 
     let page = std::fs::read_to_string(lab.bake_dir.join("articles/1.html")).unwrap();
     assert!(page.contains(&text), "the baked page shows the comment");
     assert!(page.contains("name=\"baked-at\""));
+    // The author page shows the article's new comment count.
+    let count: u32 = sqlx::query_scalar("SELECT comment_count FROM articles WHERE id = 1")
+        .fetch_one(&lab.db.db.pool)
+        .await
+        .unwrap();
+    let author = std::fs::read_to_string(lab.bake_dir.join("users/ada.html")).unwrap();
+    assert!(
+        author.contains(&format!("{count} comments")),
+        "the author page counts {count} comments: {author}"
+    );
+
+    // The same change done again: both pages are already as they would
+    // be, nothing is written.
+    let again = lab.worker.apply(&Change::Article { id: 1 }).await.unwrap();
+    assert_eq!((again.baked, again.kept), (0, 2), "{again:?}");
 
     let before = lab.loads(&bob).await;
     let next = lab.get("/articles/1", &bob).await;

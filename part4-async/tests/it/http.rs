@@ -9,7 +9,7 @@ use common::testing;
 use part4_async::job::{JobId, JobStatus};
 use part4_async::queue::{AnyQueue, Backend, JobQueue, QueueConfig};
 use part4_async::server::{JobsMode, Part4Config};
-use part4_async::worker::{Worker, WorkerConfig};
+use part4_async::worker::{Swept, Worker, WorkerConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -585,6 +585,62 @@ async fn rabbitmq_a_full_queue_answers_503_with_retry_after() {
 #[tokio::test]
 async fn redis_a_full_queue_answers_503_with_retry_after() {
     backpressure(Backend::Redis).await;
+}
+
+/// Jobs accepted through the real `POST /jobs` and left waiting (no
+/// worker yet, a backlog): the clone records each confirmed publish, so
+/// the sweeper, long after its window, sends none of them again and the
+/// queue does not grow past what the clone accepted.
+async fn backlog_is_not_swept(backend: Backend) {
+    let mut lab = Lab::start(backend, JobsMode::Async, |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let got = post_job(&lab, EXPORT, &[]).await;
+        assert_eq!(got.status, 202, "{}", got.body);
+        ids.push(got.json()["id"].as_str().unwrap().parse::<JobId>().unwrap());
+    }
+    for id in &ids {
+        // Written off the request's path: soon, not necessarily before the 202.
+        support::eventually("the publish recorded", || async {
+            lab.db.store.published_at(id).await.unwrap().map(drop)
+        })
+        .await;
+    }
+    // Two minutes in the queue: far past the sweeper's window.
+    sqlx::query(
+        "UPDATE jobs SET created_at = created_at - 120000, updated_at = updated_at - 120000",
+    )
+    .execute(&lab.db.db.pool)
+    .await
+    .unwrap();
+    let sweeper = Worker::new(
+        lab.db.store.clone(),
+        &WorkerConfig::new("sweeper", Duration::ZERO),
+        3,
+    );
+    let swept = sweeper.sweep(lab.queue()).await.unwrap();
+    assert_eq!(swept, Swept::default(), "nothing sent again: {swept:?}");
+    assert_eq!(lab.waiting().await, 3, "the backlog did not grow");
+    lab.start_worker(Duration::ZERO).await;
+    for id in &ids {
+        let done = lab.finished(id.as_str()).await;
+        assert_eq!(done["status"], "done", "{done}");
+        assert_eq!(lab.db.store.effects(id).await.unwrap(), 1);
+        let row = lab.db.store.get(id).await.unwrap().unwrap();
+        assert_eq!(row.attempts, 1, "one delivery each");
+    }
+    support::depth_becomes(lab.queue(), 0, 0).await;
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_a_backlog_is_not_swept_again() {
+    backlog_is_not_swept(Backend::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn redis_a_backlog_is_not_swept_again() {
+    backlog_is_not_swept(Backend::Redis).await;
 }
 
 /// The queue goes away between the depth check and the publish (here: it

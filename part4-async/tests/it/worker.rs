@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use part4_async::job::{Completed, Effect, Envelope, JobKind, JobStatus};
 use part4_async::queue::{Backend, JobConsumer, JobQueue};
-use part4_async::worker::{Outcome, Worker, WorkerConfig};
+use part4_async::worker::{Outcome, Swept, Worker, WorkerConfig};
 
 use crate::support::{self, DEADLINE, Db};
 
@@ -482,8 +482,17 @@ async fn the_sweeper_publishes_a_stale_job_once<Q: JobQueue>(queue: Q) {
     assert_eq!(sa.republished + sb.republished, 1, "{sa:?} {sb:?}");
     assert_eq!(sa.failed + sb.failed, 0);
     support::depth_becomes(&queue, 1, 0).await;
+    assert!(
+        db.store.published_at(&lost.id).await.unwrap().is_some(),
+        "the sweeper recorded its confirmed publish"
+    );
     let again = a.sweep(&queue).await.unwrap();
     assert_eq!(again.stale, 0, "fresh for another window: {again:?}");
+    // And for good: published now, however long it waits in the queue.
+    backdate(&db, &lost).await;
+    let later = b.sweep(&queue).await.unwrap();
+    assert_eq!(later, Swept::default(), "published: never sent again");
+    support::depth_becomes(&queue, 1, 0).await;
 
     let mut consumer = queue.consume("w").await.unwrap();
     let p = a.step(&mut consumer, DEADLINE).await.unwrap().unwrap();
@@ -506,6 +515,152 @@ async fn rabbitmq_the_sweeper_publishes_a_stale_job_once() {
 #[tokio::test]
 async fn redis_the_sweeper_publishes_a_stale_job_once() {
     the_sweeper_publishes_a_stale_job_once(support::redis().await).await;
+}
+
+/// A job waiting behind a backlog: published (the clone recorded the
+/// broker's confirm), never consumed, and older than the window. The
+/// sweeper leaves it alone: no copy, so no second run of the export
+/// beside the first and no growth of the backlog.
+async fn a_job_waiting_in_a_backlog_is_not_sent_again<Q: JobQueue>(queue: Q) {
+    let db = Db::new().await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let job = new_job(&db, JobKind::Export).await;
+        queue.enqueue(&job).await.unwrap();
+        assert!(db.store.mark_published(&job.id).await.unwrap());
+        backdate(&db, &job).await;
+        waiting.push(job);
+    }
+    let w = worker(&db, "sweeper");
+    let swept = w.sweep(&queue).await.unwrap();
+    assert_eq!(swept, Swept::default(), "nothing to sweep: {swept:?}");
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(w.stats().swept.load(Relaxed), 0);
+    support::depth_becomes(&queue, 3, 0).await;
+
+    // The workers catch up: each job done once, with one delivery each.
+    let mut consumer = queue.consume("w").await.unwrap();
+    for _ in 0..3 {
+        let p = w.step(&mut consumer, DEADLINE).await.unwrap().unwrap();
+        assert_eq!(p.outcome, Outcome::Done);
+        assert_eq!(p.attempt, 1);
+    }
+    for job in &waiting {
+        let row = db.store.get(&job.id).await.unwrap().unwrap();
+        assert_eq!((row.status, row.attempts), (JobStatus::Done, 1));
+        assert_eq!(db.store.effects(&job.id).await.unwrap(), 1);
+    }
+    support::depth_becomes(&queue, 0, 0).await;
+    consumer.close().await.unwrap();
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_a_job_waiting_in_a_backlog_is_not_sent_again() {
+    a_job_waiting_in_a_backlog_is_not_sent_again(support::rabbit().await).await;
+}
+
+#[tokio::test]
+async fn redis_a_job_waiting_in_a_backlog_is_not_sent_again() {
+    a_job_waiting_in_a_backlog_is_not_sent_again(support::redis().await).await;
+}
+
+/// The clone died after the broker's confirm but before it recorded it:
+/// the row says nothing about the publish. The first worker to start the
+/// job records it, so once it has been delivered (and put back, here: a
+/// failed attempt) the sweeper leaves it alone.
+#[tokio::test]
+async fn a_delivered_job_counts_as_published() {
+    let queue = support::redis().await;
+    let db = Db::new().await;
+    let job = new_job(&db, JobKind::Export).await;
+    assert_eq!(db.store.published_at(&job.id).await.unwrap(), None);
+    db.store.start(&job.id).await.unwrap();
+    assert!(db.store.published_at(&job.id).await.unwrap().is_some());
+    db.store
+        .retrying(&job.id, "attempt 1 failed")
+        .await
+        .unwrap();
+    backdate(&db, &job).await;
+    let swept = worker(&db, "sweeper").sweep(&queue).await.unwrap();
+    assert_eq!(swept, Swept::default());
+    assert_eq!(queue.depth().await.unwrap().ready, 0);
+    queue.destroy().await.unwrap();
+    db.drop().await;
+}
+
+/// A copy still running when the dead-letter watcher marked its job
+/// `failed` (the user saw "failed"): its late commit writes nothing, and
+/// the row stays `failed`.
+#[tokio::test]
+async fn a_failed_job_stays_failed_when_a_late_attempt_completes() {
+    let db = Db::new().await;
+    let job = new_job(&db, JobKind::Export).await;
+    db.store.start(&job.id).await.unwrap();
+    assert!(
+        db.store
+            .fail_unfinished(&job.id, "dead-lettered after 3 deliveries")
+            .await
+            .unwrap()
+    );
+    let effect = Effect {
+        content_type: "application/json".into(),
+        body: "{}".into(),
+    };
+    let late = db.store.complete(&job.id, "late", &effect).await.unwrap();
+    assert_eq!(late, Completed::Failed);
+    let row = db.store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(row.status, JobStatus::Failed);
+    assert_eq!(
+        row.error.as_deref(),
+        Some("dead-lettered after 3 deliveries")
+    );
+    assert_eq!(db.store.effects(&job.id).await.unwrap(), 0, "no claim");
+    assert_eq!(db.store.result(&job.id).await.unwrap(), None, "no result");
+    db.drop().await;
+}
+
+/// The same race many times over, both orders at once: a commit and the
+/// watcher's `failed` on one job. Whichever wins, the row agrees with
+/// the claim: `done` with one effect, or `failed` with none, never a
+/// `failed` turned `done`.
+#[tokio::test]
+async fn a_commit_racing_the_watchers_failed_never_contradicts_it() {
+    let db = Db::new().await;
+    let effect = Effect {
+        content_type: "application/json".into(),
+        body: "{}".into(),
+    };
+    let (mut done, mut failed) = (0, 0);
+    for _ in 0..20 {
+        let job = new_job(&db, JobKind::Export).await;
+        db.store.start(&job.id).await.unwrap();
+        let (store, id, e) = (db.store.clone(), job.id.clone(), effect.clone());
+        let commit = tokio::spawn(async move { store.complete(&id, "w", &e).await });
+        let (store, id) = (db.store.clone(), job.id.clone());
+        let fail = tokio::spawn(async move { store.fail_unfinished(&id, "dead").await });
+        let committed = commit.await.unwrap().unwrap();
+        let marked = fail.await.unwrap().unwrap();
+        let row = db.store.get(&job.id).await.unwrap().unwrap();
+        let effects = db.store.effects(&job.id).await.unwrap();
+        match row.status {
+            JobStatus::Done => {
+                assert_eq!(
+                    (committed, marked, effects),
+                    (Completed::Committed, false, 1)
+                );
+                done += 1;
+            }
+            JobStatus::Failed => {
+                assert_eq!((committed, marked, effects), (Completed::Failed, true, 0));
+                failed += 1;
+            }
+            other => panic!("job left {other:?}"),
+        }
+    }
+    assert_eq!(done + failed, 20);
+    db.drop().await;
 }
 
 /// The sweeper's copy arrives after the job was done (the original

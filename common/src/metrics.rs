@@ -1,0 +1,122 @@
+//! `/metrics`: every process of the lab in Prometheus's text format.
+//!
+//! The lesson's figures are printed at the end of a demo; the live page
+//! (`live/`, served by `./lab up` on port 18099) shows them while they
+//! happen, from Prometheus, which scrapes each clone's and worker's
+//! `GET /metrics` every 2 s. The code records with the `metrics` crate's
+//! macros (`metrics::counter!("lab_http_requests_total", "route" => ..)
+//! .increment(1)`), a facade like `tracing`'s; [`install`] puts
+//! `metrics-exporter-prometheus`'s recorder behind it once per process, and
+//! [`render`] turns what was recorded into the text a scrape reads. There
+//! is no exporter listener of its own: each server adds a `/metrics` route
+//! that answers [`render`] (part 1's `Application` does it for every part's
+//! clone). Labels stay bounded on purpose: a route is its template
+//! (`/users/{username}/avatar`), never the raw path, or one series per user
+//! would be born. Try it: `./lab up part1`, then
+//! `curl -s localhost:<a clone's port>/metrics | grep lab_`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests served: counter {route, method, status}.
+pub const HTTP_REQUESTS: &str = "lab_http_requests_total";
+/// Time to answer: histogram {route}, in seconds.
+pub const HTTP_DURATION: &str = "lab_http_request_duration_seconds";
+/// Cache lookups: counter {backend, pattern, result = hit | miss | bypass}.
+pub const CACHE_REQUESTS: &str = "lab_cache_requests_total";
+/// Jobs by what happened to them: counter {event}.
+pub const JOBS: &str = "lab_jobs_total";
+
+/// The latency histogram's buckets (seconds): from a cache hit to a
+/// request that queued behind a full clone.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The content type of the text format, for a `/metrics` answer.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process's recorder, once: later calls (tests build many
+/// apps in one process) return the same handle. `None` if another
+/// recorder was installed first (then `/metrics` answers an empty page and
+/// says why in the log).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS)
+                .and_then(|b| b.install_recorder());
+            match builder {
+                Ok(handle) => {
+                    describe();
+                    // Histogram samples wait in a buffer until a scrape or
+                    // an upkeep drains them: bounded even if nobody scrapes.
+                    let upkeep = handle.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("metrics-upkeep".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(Duration::from_secs(5));
+                                upkeep.run_upkeep();
+                            }
+                        });
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no Prometheus recorder: /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Everything recorded so far, in Prometheus's text format.
+pub fn render() -> String {
+    install().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route template, method and status"
+    );
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request, by route template"
+    );
+    metrics::describe_counter!(
+        CACHE_REQUESTS,
+        "Cache lookups by backend, pattern and result (hit, miss, bypass)"
+    );
+    metrics::describe_counter!(
+        JOBS,
+        "Jobs by event (done, failed, dead_lettered), as the worker counts them"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installing_twice_gives_one_recorder_and_buckets() {
+        let a = install().map(|h| h as *const _);
+        let b = install().map(|h| h as *const _);
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        metrics::histogram!(HTTP_DURATION, "route" => "/unit").record(0.003);
+        let text = render();
+        assert!(
+            text.contains(
+                r#"lab_http_request_duration_seconds_bucket{route="/unit",le="0.005"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}
