@@ -287,8 +287,10 @@ impl Nginx {
             .port();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let d = dir.display();
+        // One process (`master_process off`): killed on drop, nginx leaves no
+        // orphaned worker behind, as a master killed with SIGKILL would.
         let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n\
              fastcgi_temp_path {d}/tmp/fastcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
