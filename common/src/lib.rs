@@ -25,6 +25,7 @@
 //!    first thing every binary does.
 //! 9. [`metrics`]: every server's `/metrics`, in Prometheus's text format,
 //!    for the live page.
+//! 10. [`signal`]: SIGTERM or Ctrl-C, what every binary stops on.
 
 pub mod capacity;
 pub mod config;
@@ -35,5 +36,6 @@ pub mod measure;
 pub mod metrics;
 pub mod report;
 pub mod results;
+pub mod signal;
 pub mod telemetry;
 pub mod testing;

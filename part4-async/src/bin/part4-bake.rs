@@ -105,30 +105,7 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(args.first_bake_after_secs),
             Duration::from_secs(args.bake.interval_secs),
             health,
-            stopped(),
+            common::signal::terminated(),
         )
         .await
-}
-
-/// Resolves on SIGTERM (what `./lab stop` and process managers send) or
-/// Ctrl-C.
-async fn stopped() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM ({e}): only Ctrl-C stops the baker");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

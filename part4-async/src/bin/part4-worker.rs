@@ -117,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        stopped().await;
+        common::signal::terminated().await;
         let _ = stop_tx.send(true);
     });
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -185,27 +185,4 @@ fn metrics_page(stats: &WorkerStats) -> ([(axum::http::HeaderName, &'static str)
         )],
         common::metrics::render(),
     )
-}
-
-/// Resolves on SIGTERM (what `./lab stop` and process managers send) or
-/// Ctrl-C.
-async fn stopped() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM ({e}): only Ctrl-C stops this worker");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
