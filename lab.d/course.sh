@@ -27,16 +27,23 @@ PART_BIN="" LOAD_BIN=""
 app_binary() { # part -> builds the part's bins, sets PART_BIN and LOAD_BIN
     local part=$1 crate
     crate=$(part_crate "$part")
-    say "building $crate ($PROFILE)"
-    # shellcheck disable=SC2046 # the flag is one word or none
-    (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p "$crate" --bins) || die "building $crate failed"
+    # `./lab test` builds every target once, with the features the tests
+    # need, before it starts any part: a `cargo build -p` here would resolve
+    # other features and compile every dependency a second time.
+    if [[ ${LAB_PREBUILT:-} != 1 ]]; then
+        say "building $crate ($PROFILE)"
+        # shellcheck disable=SC2046 # the flag is one word or none
+        (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p "$crate" --bins) || die "building $crate failed"
+    fi
     PART_BIN=$ROOT/target/$PROFILE/$part-server
     local loader=$part load_crate=$crate
     # Parts 3 and 4 serve part 2's dataset: part2-load loads it, as for part 2.
     if [[ $part == part3 || $part == part4 ]]; then
         loader=part2 load_crate=part2-database
-        # shellcheck disable=SC2046 # the flag is one word or none
-        (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p part2-database --bin part2-load) || die "building part2-load failed"
+        if [[ ${LAB_PREBUILT:-} != 1 ]]; then
+            # shellcheck disable=SC2046 # the flag is one word or none
+            (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p part2-database --bin part2-load) || die "building part2-load failed"
+        fi
     fi
     LOAD_BIN=$ROOT/target/$PROFILE/$loader-load
     [[ -x $LOAD_BIN ]] ||
@@ -421,8 +428,12 @@ cmd_test() {
     # -x follows every `.`: each lab.d/*.sh is checked as it runs, sourced
     # by lab (alone, its variables would look unused).
     shellcheck -x lab
-    say "cargo build (debug bins)"
-    cargo build -q --workspace --bins
+    # One build of every target (bins, tests, benches) resolves the same
+    # features as `cargo test` below, so that reuses it whole; the parts the
+    # self-test starts run these bins rather than building their own.
+    say "cargo build (every target, debug)"
+    cargo build -q --workspace --all-targets
+    export LAB_PREBUILT=1
     say "shell self-test"
     selftest
     say "cargo test"
