@@ -438,6 +438,9 @@ cmd_test() {
     selftest
     say "cargo test"
     cargo test --workspace --all-targets
+    # The live page's browser test left its screenshot beside the report:
+    # rebuild the report so it shows it (with whatever a tour recorded).
+    "$ROOT/target/debug/lab-report"
     say "docker-compose config"
     local profile
     docker-compose -f docker-compose.yml config -q

@@ -8,8 +8,8 @@
 //   Debian's Redis, MariaDB and blackbox exporters), there from `./lab up`;
 // - the app's own /metrics (clones, workers, baker), scraped as job="app",
 //   each target labelled service="clone1" (worker1, baker...). The series
-//   the page expects from it are named in APP below; until the app exports
-//   them, the panels that need them say "no data yet".
+//   the page reads from it are named in APP below (common/src/metrics.rs
+//   defines them); a panel with nothing to show says "no data yet".
 "use strict";
 
 const STEP = 2; // seconds: Prometheus scrapes every 2 s (lab.d/prometheus.yml.in)
@@ -26,7 +26,9 @@ const APP = {
   queries: "lab_db_queries_total", // counter {pool="primary"|"replica"|"shard0"|"shard1"}
   lag: "lab_replica_lag_seconds", // gauge: the replica's lag as the app measures it
   jobs: "lab_jobs_total", // counter {event="enqueued"|"done"|"failed"|"dead_lettered"}
-  depth: "lab_queue_depth", // gauge {queue}: the queue as the app sees it
+  running: "lab_jobs_running", // gauge: jobs a worker runs now
+  depth: "lab_queue_depth", // gauge {state="ready"|"dead"}: the queue as each worker reads it
+  sessions: "lab_sessions_total", // counter {store, event="created"|"found"|"missing"|"ended"}
 };
 
 // ------------------------------------------------------------------ the charts
@@ -96,6 +98,7 @@ const PANELS = [
     note: "each MariaDB server's own count: reads on the replica, writes on the primary, shards",
     queries: [
       { q: `rate(mysql_global_status_queries${RATE})`, label: (m) => (m.service || "").replace("mariadb-", "") },
+      { q: `sum by (pool) (rate(${APP.queries}${RATE}))`, label: (m) => `app: ${m.pool}` },
     ],
     empty: "no MariaDB exporter data yet",
   },
@@ -106,9 +109,17 @@ const PANELS = [
     queries: [
       { q: `sum(rabbitmq_queue_messages_ready)`, label: () => "RabbitMQ ready" },
       { q: `sum(rabbitmq_queue_messages_unacked)`, label: () => "RabbitMQ unacked" },
-      { q: `sum(${APP.depth})`, label: () => "app" },
+      // Every worker reads the same queue: the largest reading, not a sum.
+      { q: `max(${APP.depth}{state="ready"})`, label: () => "ready, as a worker reads it" },
     ],
     empty: "no queue data yet (RabbitMQ's plugin serves it from the broker's next start)",
+  },
+  {
+    id: "sessions",
+    title: "Sessions (per s)",
+    note: "the clones' session lookups: missing = a cookie its clone could not find (part 1's memory sessions)",
+    queries: [{ q: `sum by (event) (rate(${APP.sessions}${RATE}))`, label: (m) => m.event }],
+    empty: "no session lookups yet (log in: part 1's guide)",
   },
 ];
 
@@ -153,6 +164,7 @@ const INSTANT = {
   memcached: { q: `sum(rate(${APP.cache}{backend="memcached"}${RATE}))`, key: null },
   appRate: { q: `sum by (service) (rate(${APP.requests}${RATE}))`, key: "service" },
   jobsDone: { q: `sum by (service) (rate(${APP.jobs}{event="done"}${RATE}))`, key: "service" },
+  jobsRunning: { q: `sum by (service) (${APP.running})`, key: "service" },
   targets: { q: `max by (service, role) (probe_success{job="probe-health"})`, key: "service", keepLabels: true },
 };
 
@@ -310,7 +322,9 @@ function drawTier(d) {
       } else {
         b.rate = d.jobsDone.get(name);
         b.unit = "jobs/s";
+        const running = d.jobsRunning.get(name);
         if (b.rate === undefined) b.detail = "jobs/s: from its /metrics";
+        else if (running !== undefined) b.detail = `running ${fmt(running, 0)}`;
       }
       paint(box(parent, name), b);
     }

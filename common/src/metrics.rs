@@ -26,8 +26,27 @@ pub const HTTP_REQUESTS: &str = "lab_http_requests_total";
 pub const HTTP_DURATION: &str = "lab_http_request_duration_seconds";
 /// Cache lookups: counter {backend, pattern, result = hit | miss | bypass}.
 pub const CACHE_REQUESTS: &str = "lab_cache_requests_total";
-/// Jobs by what happened to them: counter {event}.
+/// Jobs by what happened to them: counter {event = enqueued (a clone) |
+/// done | failed | dead_lettered (a worker)}.
 pub const JOBS: &str = "lab_jobs_total";
+/// Jobs a worker is running now: gauge.
+pub const JOBS_RUNNING: &str = "lab_jobs_running";
+/// The job queue as a worker reads it at each scrape: gauge {state =
+/// ready | dead}.
+pub const QUEUE_DEPTH: &str = "lab_queue_depth";
+/// Sessions: counter {store, event = created | found | missing | ended}.
+/// `missing` is a request that brought a session cookie its clone could not
+/// find: with `--sessions memory` behind a balancer, the lesson of part 1.
+pub const SESSIONS: &str = "lab_sessions_total";
+/// Database work by pool: counter {pool = primary | replica | shard0..}.
+/// One per connection handed back to the pool: a query run on the pool, or
+/// a whole transaction (sqlx's `after_release`). The replica health check
+/// counts too: about two a second on each pool.
+pub const DB_QUERIES: &str = "lab_db_queries_total";
+/// The replica's lag as the app measures it (part 2's health check: how
+/// long ago the primary reached the oldest write the replica lacks): gauge
+/// {replica}, in seconds; NaN while the replica does not answer.
+pub const REPLICA_LAG: &str = "lab_replica_lag_seconds";
 
 /// The latency histogram's buckets (seconds): from a cache hit to a
 /// request that queued behind a full clone.
@@ -96,8 +115,39 @@ fn describe() {
     );
     metrics::describe_counter!(
         JOBS,
-        "Jobs by event (done, failed, dead_lettered), as the worker counts them"
+        "Jobs by event: enqueued (counted by the clone), done, failed, dead_lettered (by the worker)"
     );
+    metrics::describe_gauge!(JOBS_RUNNING, "Jobs this worker is running now");
+    metrics::describe_gauge!(
+        QUEUE_DEPTH,
+        "The job queue as this worker reads it: ready (waiting) and dead (dead-lettered)"
+    );
+    metrics::describe_counter!(
+        SESSIONS,
+        "Sessions by store and event: created, found, missing (a cookie the store does not know), ended"
+    );
+    metrics::describe_counter!(
+        DB_QUERIES,
+        "Connections handed back to each database pool: one per query or transaction"
+    );
+    metrics::describe_gauge!(
+        REPLICA_LAG,
+        metrics::Unit::Seconds,
+        "The replica's lag as the app's health check measures it"
+    );
+}
+
+/// Counts each connection handed back to `pool_options`'s pool as one
+/// [`DB_QUERIES`] of `pool` (the name the live page shows: `primary`,
+/// `replica`, `shard0`...).
+pub fn count_queries(
+    pool_options: sqlx::mysql::MySqlPoolOptions,
+    pool: &'static str,
+) -> sqlx::mysql::MySqlPoolOptions {
+    pool_options.after_release(move |_conn, _meta| {
+        metrics::counter!(DB_QUERIES, "pool" => pool).increment(1);
+        Box::pin(async { Ok(true) })
+    })
 }
 
 #[cfg(test)]

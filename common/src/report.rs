@@ -540,3 +540,58 @@ mod tests {
         assert!(r.curves.is_empty());
     }
 }
+
+/// The live page's screenshot, as its browser test left it beside the
+/// report (`live.png` and this, as `live.json`): when and what it measured.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LiveShot {
+    /// When the screenshot was taken (RFC 3339, UTC).
+    pub taken_at: String,
+    /// Measured: from `./lab stop clone2` to its box drawn red, in ms.
+    pub red_after_ms: u64,
+    /// Measured: from `./lab start clone2` returning to its box green.
+    pub green_after_ms: u64,
+    /// The revision the test ran on (`git describe`), if known.
+    pub revision: String,
+}
+
+impl LiveShot {
+    /// The file beside the report that describes `live.png`.
+    pub const FILE: &str = "live.json";
+    /// The screenshot's file name, beside the report.
+    pub const PNG: &str = "live.png";
+
+    /// Reads `dir/live.json`; `None` if the test has not left one.
+    pub fn read(dir: &std::path::Path) -> Option<LiveShot> {
+        let text = std::fs::read_to_string(dir.join(Self::FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn caption(&self) -> String {
+        format!(
+            "The live page (http://127.0.0.1:18099/) with clone2 stopped, taken by its browser test at {} (revision {}). Measured in that run: clone2's box turned red {:.1} s after `./lab stop clone2` and green {:.1} s after `./lab start clone2` returned.",
+            self.taken_at,
+            self.revision,
+            self.red_after_ms as f64 / 1000.0,
+            self.green_after_ms as f64 / 1000.0
+        )
+    }
+
+    /// The report's section for it, in Markdown.
+    pub fn markdown(&self) -> String {
+        format!(
+            "\n## The live view\n\n![the live page]({})\n\n{}\n",
+            Self::PNG,
+            self.caption()
+        )
+    }
+
+    /// The report's section for it, in HTML (before `</body>`).
+    pub fn html(&self) -> String {
+        format!(
+            "<h2>The live view</h2><p><a href=\"{png}\"><img src=\"{png}\" alt=\"the live page\" style=\"max-width:100%\"></a></p><p>{}</p>",
+            escape(&self.caption()),
+            png = Self::PNG
+        )
+    }
+}

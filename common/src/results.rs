@@ -215,7 +215,7 @@ impl Provenance {
 }
 
 /// The revision of the code: `LAB_GIT_REV`, else git, else `"unknown"`.
-fn git_rev() -> String {
+pub fn git_rev() -> String {
     if let Ok(rev) = std::env::var("LAB_GIT_REV")
         && !rev.trim().is_empty()
     {

@@ -452,3 +452,94 @@ mod tests {
         );
     }
 }
+
+/// Prometheus's text format, read back: each `/metrics` test parses the
+/// page strictly (a malformed line fails it) and looks for the series the
+/// live page reads.
+pub mod prometheus {
+    /// One sample line: `name{labels} value`, or `name value`.
+    pub struct Sample {
+        /// The metric name (`lab_http_requests_total`, `..._bucket`).
+        pub name: String,
+        /// Its labels, in the order written.
+        pub labels: Vec<(String, String)>,
+        /// Its value.
+        pub value: f64,
+    }
+
+    /// Parses the text format strictly enough to catch a malformed page:
+    /// HELP/TYPE comments well formed, each sample `name{k="v",...} value`.
+    pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
+        let metric_name = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+        };
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Some(comment) = line.strip_prefix("# ") {
+                let mut parts = comment.splitn(3, ' ');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("HELP"), Some(name), Some(_)) if metric_name(name) => {}
+                    (Some("TYPE"), Some(name), Some(kind))
+                        if metric_name(name)
+                            && ["counter", "gauge", "histogram", "summary", "untyped"]
+                                .contains(&kind) => {}
+                    _ => return Err(format!("bad comment line: {line}")),
+                }
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .ok_or_else(|| format!("no value: {line}"))?;
+            let value: f64 = value.parse().map_err(|_| format!("bad value in: {line}"))?;
+            let (name, labels) = match series.split_once('{') {
+                None => (series, Vec::new()),
+                Some((name, rest)) => {
+                    let body = rest
+                        .strip_suffix('}')
+                        .ok_or_else(|| format!("unclosed labels: {line}"))?;
+                    let mut labels = Vec::new();
+                    for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                        let (k, v) = pair
+                            .split_once("=\"")
+                            .ok_or_else(|| format!("bad label in: {line}"))?;
+                        if !metric_name(k) {
+                            return Err(format!("bad label name {k:?} in: {line}"));
+                        }
+                        labels.push((k.to_owned(), v.trim_end_matches('"').to_owned()));
+                    }
+                    (name, labels)
+                }
+            };
+            if !metric_name(name) {
+                return Err(format!("bad metric name in: {line}"));
+            }
+            samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+        Ok(samples)
+    }
+
+    impl Sample {
+        /// The value of label `key`, if the sample has it.
+        pub fn label(&self, key: &str) -> Option<&str> {
+            self.labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// The samples named `name` whose labels include every pair of `with`.
+    pub fn find<'a>(samples: &'a [Sample], name: &str, with: &[(&str, &str)]) -> Vec<&'a Sample> {
+        samples
+            .iter()
+            .filter(|s| s.name == name && with.iter().all(|(k, v)| s.label(k) == Some(v)))
+            .collect()
+    }
+}

@@ -275,16 +275,30 @@ pub async fn current<S: SessionStore>(
     state: &AppState<S>,
     headers: &HeaderMap,
 ) -> Result<(SessionId, Session), ApiError> {
+    let mut brought = false;
     for id in session_cookies(headers) {
+        brought = true;
         if let Some(session) = state.sessions.load(&id).await? {
             // Tell the cookie middleware, so the answer re-sends the cookie.
             let _ = SERVED_SESSION.try_with(|seen| {
                 *seen.borrow_mut() = Some((id.clone(), session.created_at));
             });
+            count_session(state, "found");
             return Ok((id, session));
         }
     }
+    if brought {
+        // A cookie this clone's store does not know: expired, forged, or
+        // (with `--sessions memory`) made by another clone.
+        count_session(state, "missing");
+    }
     Err(ApiError::Unauthorized)
+}
+
+/// One [`common::metrics::SESSIONS`] event of this clone's store.
+fn count_session<S: SessionStore>(state: &AppState<S>, event: &'static str) {
+    metrics::counter!(common::metrics::SESSIONS, "store" => state.sessions.name(), "event" => event)
+        .increment(1);
 }
 
 /// The cookie's lifetime: what is left of the session's life on the
@@ -409,6 +423,7 @@ async fn login<S: SessionStore>(
         state.sessions.delete(&old).await?;
     }
     let id = state.sessions.create(user.id, &user.username).await?;
+    count_session(&state, "created");
     let me = Me {
         id: user.id,
         username: user.username,
@@ -428,6 +443,7 @@ async fn logout<S: SessionStore>(
 ) -> Result<impl IntoResponse, ApiError> {
     for id in session_cookies(&headers) {
         state.sessions.delete(&id).await?;
+        count_session(&state, "ended");
     }
     Ok((
         StatusCode::NO_CONTENT,

@@ -193,6 +193,21 @@ pub fn lazy_pool_with(
         .connect_lazy(url)
 }
 
+/// [`lazy_pool_with`], counted on `/metrics` as `lab_db_queries_total{pool}`
+/// (the live page's "queries by pool": a server's pools are counted, a
+/// demo's need not be).
+pub fn counted_pool(
+    url: &str,
+    max: u32,
+    acquire_timeout: Duration,
+    pool: &'static str,
+) -> Result<MySqlPool, sqlx::Error> {
+    let options = MySqlPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire_timeout);
+    common::metrics::count_queries(options, pool).connect_lazy(url)
+}
+
 /// Errors that mean "this server is not answering", as opposed to a bad query.
 pub fn is_connection_error(e: &sqlx::Error) -> bool {
     matches!(
@@ -313,6 +328,10 @@ impl SplitPool {
                 lag.map_or(u64::MAX, |l| l.as_millis() as u64),
                 Ordering::Relaxed,
             );
+            // The live page's "as the app sees it" line: NaN (a gap) while
+            // the lag cannot be measured.
+            metrics::gauge!(common::metrics::REPLICA_LAG, "replica" => i.to_string())
+                .set(lag.map_or(f64::NAN, |l| l.as_secs_f64()));
             if was != fresh {
                 match &reason {
                     Some(why) => tracing::warn!(replica = i, why, "replica out of rotation"),

@@ -201,8 +201,10 @@ pub async fn data_layer(config: &Part2Config) -> anyhow::Result<DataLayer> {
     // The data layer's own pools, with a short acquire timeout: a stopped
     // primary refuses connections, and sqlx retries the connect until this
     // timeout, so it is how long a write takes to answer 503.
-    let primary = crate::replication::lazy_pool_with(&stack.mariadb_primary_url, 16, acquire)?;
-    let replica = crate::replication::lazy_pool_with(&stack.mariadb_replica_url, 16, acquire)?;
+    let primary =
+        crate::replication::counted_pool(&stack.mariadb_primary_url, 16, acquire, "primary")?;
+    let replica =
+        crate::replication::counted_pool(&stack.mariadb_replica_url, 16, acquire, "replica")?;
     let redis = part1_clones::app::connect_redis(&stack.redis_url).await?;
     let policy = HealthPolicy {
         max_lag: Duration::from_millis(config.replica_max_lag_ms),

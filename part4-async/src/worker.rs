@@ -196,6 +196,25 @@ pub struct WorkerStats {
     pub parked: AtomicU64,
     /// Unpublished `queued` jobs the sweeper published.
     pub swept: AtomicU64,
+    /// Deliveries being handled now (a gauge, not a count).
+    pub running: AtomicU64,
+}
+
+/// Holds one [`WorkerStats::running`] while a delivery is handled, and
+/// gives it back however the handling ends (a stop drops it half way).
+struct Running<'a>(&'a AtomicU64);
+
+impl<'a> Running<'a> {
+    fn start(n: &'a AtomicU64) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Running(n)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What one dead letter came to ([`Worker::watch_dead_letters`]).
@@ -632,6 +651,7 @@ impl Worker {
     /// Does the job a delivery carries and decides what to tell the queue.
     /// Never panics on what the message holds.
     async fn process(&self, delivery: &Delivery) -> Decision {
+        let _running = Running::start(&self.stats.running);
         let envelope = match &delivery.envelope {
             Ok(e) => e,
             Err(e) => {

@@ -1,11 +1,13 @@
 //! Builds `target/lab/report/{report.md,index.html}` from the results files
-//! the demos wrote. `./lab tour` runs it last; run it alone with
+//! the demos wrote, with the live page's screenshot if `./lab test` left
+//! one. `./lab tour` runs it last, `./lab test` too; run it alone with
 //! `cargo run -p common --bin lab-report`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use common::report::LiveShot;
 use common::results::PartResults;
 
 /// Builds the lab report from `target/lab/results/*.json`.
@@ -27,10 +29,16 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.report_dir.display()))?;
     let md = args.report_dir.join("report.md");
     let html = args.report_dir.join("index.html");
-    std::fs::write(&md, common::report::markdown(&results))
-        .with_context(|| format!("writing {}", md.display()))?;
-    std::fs::write(&html, common::report::html(&results))
-        .with_context(|| format!("writing {}", html.display()))?;
+    let mut markdown = common::report::markdown(&results);
+    let mut page = common::report::html(&results);
+    // The live page's screenshot, if its browser test (`./lab test`) left
+    // one beside the report.
+    if let Some(shot) = LiveShot::read(&args.report_dir) {
+        markdown.push_str(&shot.markdown());
+        page = page.replace("</body>", &format!("{}</body>", shot.html()));
+    }
+    std::fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))?;
+    std::fs::write(&html, page).with_context(|| format!("writing {}", html.display()))?;
     println!("report: {} and {}", md.display(), html.display());
     Ok(())
 }

@@ -5,79 +5,9 @@
 //! The recorder is one per process and tests run in parallel in this
 //! binary, so counts are read as "at least what this test sent".
 
+use common::testing::prometheus::{Sample, parse};
+
 use crate::support::{fresh_username, spawn_app};
-
-/// One sample line: `name{labels} value`, or `name value`.
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-}
-
-/// Parses the text format strictly enough to catch a malformed page:
-/// HELP/TYPE comments well formed, each sample `name{k="v",...} value`.
-fn parse(text: &str) -> Result<Vec<Sample>, String> {
-    let metric_name = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-            && !s.starts_with(|c: char| c.is_ascii_digit())
-    };
-    let mut samples = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        if let Some(comment) = line.strip_prefix("# ") {
-            let mut parts = comment.splitn(3, ' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("HELP"), Some(name), Some(_)) if metric_name(name) => {}
-                (Some("TYPE"), Some(name), Some(kind))
-                    if metric_name(name)
-                        && ["counter", "gauge", "histogram", "summary", "untyped"]
-                            .contains(&kind) => {}
-                _ => return Err(format!("bad comment line: {line}")),
-            }
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .ok_or_else(|| format!("no value: {line}"))?;
-        let value: f64 = value.parse().map_err(|_| format!("bad value in: {line}"))?;
-        let (name, labels) = match series.split_once('{') {
-            None => (series, Vec::new()),
-            Some((name, rest)) => {
-                let body = rest
-                    .strip_suffix('}')
-                    .ok_or_else(|| format!("unclosed labels: {line}"))?;
-                let mut labels = Vec::new();
-                for pair in body.split("\",").filter(|p| !p.is_empty()) {
-                    let (k, v) = pair
-                        .split_once("=\"")
-                        .ok_or_else(|| format!("bad label in: {line}"))?;
-                    if !metric_name(k) {
-                        return Err(format!("bad label name {k:?} in: {line}"));
-                    }
-                    labels.push((k.to_owned(), v.trim_end_matches('"').to_owned()));
-                }
-                (name, labels)
-            }
-        };
-        if !metric_name(name) {
-            return Err(format!("bad metric name in: {line}"));
-        }
-        samples.push(Sample {
-            name: name.to_owned(),
-            labels,
-            value,
-        });
-    }
-    Ok(samples)
-}
-
-fn label<'a>(s: &'a Sample, key: &str) -> Option<&'a str> {
-    s.labels
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
 
 #[tokio::test]
 async fn metrics_parse_and_count_requests_by_route_template() {
@@ -118,16 +48,16 @@ async fn metrics_parse_and_count_requests_by_route_template() {
         .iter()
         .find(|s| {
             s.name == "lab_http_requests_total"
-                && label(s, "route") == Some("/users/{username}/avatar")
-                && label(s, "method") == Some("GET")
-                && label(s, "status") == Some("404")
+                && s.label("route") == Some("/users/{username}/avatar")
+                && s.label("method") == Some("GET")
+                && s.label("status") == Some("404")
         })
         .unwrap_or_else(|| panic!("no avatar series:\n{text}"));
     assert!(avatar.value >= 3.0, "{}", avatar.value);
     assert!(
         samples.iter().any(|s| s.name == "lab_http_requests_total"
-            && label(s, "route") == Some("unmatched")
-            && label(s, "status") == Some("404")),
+            && s.label("route") == Some("unmatched")
+            && s.label("status") == Some("404")),
         "no unmatched series:\n{text}"
     );
     assert!(
@@ -137,7 +67,7 @@ async fn metrics_parse_and_count_requests_by_route_template() {
     assert!(
         !samples
             .iter()
-            .any(|s| matches!(label(s, "route"), Some("/health" | "/metrics"))),
+            .any(|s| matches!(s.label("route"), Some("/health" | "/metrics"))),
         "polls are not traffic:\n{text}"
     );
     assert!(text.contains("# TYPE lab_http_request_duration_seconds histogram"));
@@ -145,13 +75,13 @@ async fn metrics_parse_and_count_requests_by_route_template() {
         .iter()
         .filter(|s| {
             s.name == "lab_http_request_duration_seconds_bucket"
-                && label(s, "route") == Some("/users/{username}/avatar")
+                && s.label("route") == Some("/users/{username}/avatar")
         })
         .collect();
     assert!(buckets.len() > 2, "no buckets:\n{text}");
     let inf = buckets
         .iter()
-        .find(|s| label(s, "le") == Some("+Inf"))
+        .find(|s| s.label("le") == Some("+Inf"))
         .expect("a +Inf bucket");
     assert!(inf.value >= 3.0);
     app.stop().await;

@@ -88,6 +88,8 @@ async fn main() -> anyhow::Result<()> {
         args.queue.max_deliveries,
     );
     let consumer = queue.consume(worker.name()).await?;
+    // Shared with `/metrics`, which reads the queue's depth at each scrape.
+    let queue = std::sync::Arc::new(queue);
     let changes = if args.changes {
         let layer = part3_cache::server::cache_layer(&args.part3).await?;
         let timelines = Timelines::new(layer.data.redis.clone(), &server.key_prefix, &args.fanout);
@@ -130,13 +132,14 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("the health endpoint cannot listen on {addr}"))?;
         common::metrics::install();
         let stats = worker.stats();
+        let queue = queue.clone();
         let app = axum::Router::new()
             .route("/health", axum::routing::get(|| async { "ok\n" }))
             .route(
                 "/metrics",
                 axum::routing::get(move || {
-                    let stats = stats.clone();
-                    async move { metrics_page(&stats) }
+                    let (stats, queue) = (stats.clone(), queue.clone());
+                    async move { metrics_page(&stats, &queue).await }
                 }),
             );
         let until = stop(stop_rx.clone());
@@ -167,9 +170,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `GET /metrics`: the worker's counts (its [`WorkerStats`], copied into
-/// `lab_jobs_total{event}` at each scrape) in Prometheus's text format.
-/// `failed` is an attempt that failed and was put back for a retry.
-fn metrics_page(stats: &WorkerStats) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+/// `lab_jobs_total{event}` and `lab_jobs_running` at each scrape) and the
+/// queue's depth as read now (`lab_queue_depth{state}`; NaN if the queue
+/// does not answer within a second), in Prometheus's text format. `failed`
+/// is an attempt that failed and was put back for a retry.
+async fn metrics_page(
+    stats: &WorkerStats,
+    queue: &AnyQueue,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     use std::sync::atomic::Ordering::Relaxed;
     for (event, n) in [
         ("done", &stats.done),
@@ -178,6 +186,14 @@ fn metrics_page(stats: &WorkerStats) -> ([(axum::http::HeaderName, &'static str)
     ] {
         metrics::counter!(common::metrics::JOBS, "event" => event).absolute(n.load(Relaxed));
     }
+    metrics::gauge!(common::metrics::JOBS_RUNNING).set(stats.running.load(Relaxed) as f64);
+    let depth = tokio::time::timeout(Duration::from_secs(1), queue.depth())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let (ready, dead) = depth.map_or((f64::NAN, f64::NAN), |d| (d.ready as f64, d.dead as f64));
+    metrics::gauge!(common::metrics::QUEUE_DEPTH, "state" => "ready").set(ready);
+    metrics::gauge!(common::metrics::QUEUE_DEPTH, "state" => "dead").set(dead);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -677,6 +677,7 @@ async fn create<S: SessionStore>(
             match bounded(queue, jobs.queue_timeout, queue.enqueue(&envelope)).await {
                 Ok(()) => {
                     jobs.gate.enqueued().await;
+                    metrics::counter!(common::metrics::JOBS, "event" => "enqueued").increment(1);
                     // The broker confirmed: say so in the row, so the
                     // sweeper never sends this job again. Off the
                     // request's path (a task of its own, which also

@@ -42,7 +42,7 @@ const PASSWORD: &str = "correct-horse-battery-staple";
 /// A chromedriver of this test's own, in a process group of its own: the
 /// group (chromedriver and the chromium it started) is killed on drop,
 /// whatever path the test took.
-struct Driver {
+pub(crate) struct Driver {
     child: tokio::process::Child,
     url: String,
 }
@@ -68,7 +68,7 @@ fn free_port() -> u16 {
 }
 
 /// Starts chromedriver and waits until it says it is ready.
-async fn driver() -> Driver {
+pub(crate) async fn driver() -> Driver {
     for binary in [CHROMEDRIVER, CHROMIUM] {
         assert!(
             Path::new(binary).exists(),
@@ -119,6 +119,11 @@ async fn driver() -> Driver {
 
 /// A headless chromium session.
 async fn browser(driver: &Driver) -> Client {
+    browser_sized(driver, "1024,900").await
+}
+
+/// A headless chromium session with a window of `size` ("width,height").
+pub(crate) async fn browser_sized(driver: &Driver, size: &str) -> Client {
     let caps = json!({
         "goog:chromeOptions": {
             "binary": CHROMIUM,
@@ -128,7 +133,11 @@ async fn browser(driver: &Driver) -> Client {
                 "--disable-dev-shm-usage",
                 "--disable-gpu",
                 "--no-first-run",
-                "--window-size=1024,900",
+                &format!("--window-size={size}"),
+                // The machine's network is closed: no calls home.
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
             ],
         },
     });

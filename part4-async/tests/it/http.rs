@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use common::testing;
+use common::testing::{self, prometheus};
 use part4_async::job::{JobId, JobStatus};
 use part4_async::queue::{AnyQueue, Backend, JobQueue, QueueConfig};
 use part4_async::server::{JobsMode, Part4Config};
@@ -976,7 +976,10 @@ async fn binaries(backend: Backend) {
     let mut server = server.spawn().expect("the part4-server binary runs");
     let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_part4-worker"));
     env(&mut worker);
-    worker.env("WORKER_NAME", "bin-test-worker");
+    let worker_port = free_port();
+    worker
+        .env("WORKER_NAME", "bin-test-worker")
+        .env("PORT", worker_port.to_string());
     let mut worker = worker.spawn().expect("the part4-worker binary runs");
 
     let url = format!("http://127.0.0.1:{port}");
@@ -1018,6 +1021,60 @@ async fn binaries(backend: Backend) {
     .await;
     assert_eq!(result.json()["counts"]["articles"], 3);
 
+    // Both processes' /metrics parse and carry what the live page reads
+    // (issue 10): the clone's queries by pool, the replica's lag as it
+    // sees it, ada's session found, the job it enqueued; the worker's job
+    // done, how many it runs, the queue's depth.
+    let article = send(Method::GET, &url, "/articles/1", Some(&ada), None, &[]).await;
+    assert_eq!(article.status, 200, "{}", article.body);
+    let wanted: [(&str, &[(&str, &str)]); 7] = [
+        ("lab_db_queries_total", &[("pool", "primary")]),
+        ("lab_db_queries_total", &[("pool", "replica")]),
+        ("lab_replica_lag_seconds", &[("replica", "0")]),
+        ("lab_sessions_total", &[("event", "found")]),
+        ("lab_jobs_total", &[("event", "enqueued")]),
+        ("lab_cache_requests_total", &[("pattern", "object")]),
+        (
+            "lab_http_requests_total",
+            &[("route", "/jobs"), ("status", "202")],
+        ),
+    ];
+    // The replica's series come from the clone's health check, which may
+    // not have run its first round yet (the job can be done sooner).
+    let clone_metrics = format!("{url}/metrics");
+    let clone = support::eventually(
+        "the clone's /metrics carries every series the live page reads",
+        || async {
+            let samples = scrape(&clone_metrics).await;
+            let missing: Vec<_> = wanted
+                .iter()
+                .filter(|(name, with)| prometheus::find(&samples, name, with).is_empty())
+                .collect();
+            if !missing.is_empty() {
+                eprintln!("not yet on the clone's /metrics: {missing:?}");
+                return None;
+            }
+            Some(samples)
+        },
+    )
+    .await;
+    assert!(prometheus::find(&clone, "lab_jobs_total", &[("event", "enqueued")])[0].value >= 1.0);
+    let worker_metrics = format!("http://127.0.0.1:{worker_port}/metrics");
+    let seen = support::eventually("the worker's /metrics counts the job done", || async {
+        let samples = scrape(&worker_metrics).await;
+        let done = prometheus::find(&samples, "lab_jobs_total", &[("event", "done")])
+            .first()
+            .map(|s| s.value);
+        (done >= Some(1.0)).then_some(samples)
+    })
+    .await;
+    assert_eq!(prometheus::find(&seen, "lab_jobs_running", &[]).len(), 1);
+    let ready = prometheus::find(&seen, "lab_queue_depth", &[("state", "ready")]);
+    assert!(
+        ready.first().is_some_and(|s| s.value >= 0.0),
+        "the worker reads the queue's depth at each scrape"
+    );
+
     for child in [&mut server, &mut worker] {
         let pid = child.id().unwrap() as i32;
         // SIGTERM, as `./lab stop` sends it: both exit 0.
@@ -1038,6 +1095,18 @@ async fn binaries(backend: Backend) {
         .await
         .unwrap();
     db.drop().await;
+}
+
+/// A `/metrics` page, parsed (a malformed one fails the test).
+async fn scrape(url: &str) -> Vec<prometheus::Sample> {
+    let r = part1_clones::client::http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(r.status(), 200, "GET {url}");
+    let text = r.text().await.unwrap();
+    prometheus::parse(&text).unwrap_or_else(|e| panic!("{url}: {e}\n{text}"))
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod changes;
 mod demo;
 mod fanout;
 mod http;
+mod live;
 mod queue;
 mod rabbitmq;
 mod redis;
