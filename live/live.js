@@ -165,6 +165,7 @@ const INSTANT = {
   appRate: { q: `sum by (service) (rate(${APP.requests}${RATE}))`, key: "service" },
   jobsDone: { q: `sum by (service) (rate(${APP.jobs}{event="done"}${RATE}))`, key: "service" },
   jobsRunning: { q: `sum by (service) (${APP.running})`, key: "service" },
+  bakeSeconds: { q: `max by (service) (lab_bake_last_seconds)`, key: "service" },
   targets: { q: `max by (service, role) (probe_success{job="probe-health"})`, key: "service", keepLabels: true },
 };
 
@@ -319,6 +320,9 @@ function drawTier(d) {
           if (lb !== 1 && b.state === "up") Object.assign(b, { state: "warn", words: "NOT ROUTED" });
           if (lb !== 1 && b.state === "none") Object.assign(b, { state: "down", words: "DOWN" });
         }
+      } else if (name === "baker") {
+        const took = d.bakeSeconds.get(name);
+        b.detail = took === undefined ? "no full bake yet" : `last full bake ${fmt(took)} s`;
       } else {
         b.rate = d.jobsDone.get(name);
         b.unit = "jobs/s";

@@ -34,6 +34,10 @@ pub const JOBS_RUNNING: &str = "lab_jobs_running";
 /// The job queue as a worker reads it at each scrape: gauge {state =
 /// ready | dead}.
 pub const QUEUE_DEPTH: &str = "lab_queue_depth";
+/// The baker's full bakes: counter {result = ok | failed}.
+pub const BAKES: &str = "lab_bakes_total";
+/// How long the baker's last full bake took: gauge, in seconds.
+pub const BAKE_SECONDS: &str = "lab_bake_last_seconds";
 /// Sessions: counter {store, event = created | found | missing | ended}.
 /// `missing` is a request that brought a session cookie its clone could not
 /// find: with `--sessions memory` behind a balancer, the lesson of part 1.
@@ -118,6 +122,12 @@ fn describe() {
         "Jobs by event: enqueued (counted by the clone), done, failed, dead_lettered (by the worker)"
     );
     metrics::describe_gauge!(JOBS_RUNNING, "Jobs this worker is running now");
+    metrics::describe_counter!(BAKES, "The baker's full bakes, by result (ok, failed)");
+    metrics::describe_gauge!(
+        BAKE_SECONDS,
+        metrics::Unit::Seconds,
+        "How long the baker's last full bake took"
+    );
     metrics::describe_gauge!(
         QUEUE_DEPTH,
         "The job queue as this worker reads it: ready (waiting) and dead (dead-lettered)"

@@ -536,12 +536,15 @@ impl Baker {
                             refused = stats.refused, elapsed_ms = stats.elapsed.as_millis() as u64,
                             "baked everything"
                         );
+                        metrics::counter!(common::metrics::BAKES, "result" => "ok").increment(1);
+                        metrics::gauge!(common::metrics::BAKE_SECONDS).set(stats.elapsed.as_secs_f64());
                         let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
                         s.bakes += 1;
                         s.last = Some((stats, now_ms()));
                     }
                     Err(e) => {
                         tracing::warn!("the full bake failed, retrying in {interval:?}: {e:#}");
+                        metrics::counter!(common::metrics::BAKES, "result" => "failed").increment(1);
                         status.lock().unwrap_or_else(|p| p.into_inner()).failures += 1;
                     }
                 },

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::dataset::{DatasetSpec, Scale};
-use common::testing::{self, TestDatabase};
+use common::testing::{self, TestDatabase, prometheus};
 use part2_database::articles::{self, Shape};
 use part2_database::schema;
 use part3_cache::render;
@@ -485,6 +485,25 @@ async fn run_every_bakes_serves_health_and_stops() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["last"]["pages"], 5);
     assert_eq!(health["failures"], 0);
+    // Its /metrics, beside /health: parses, and counts the bake (at least
+    // this one: the recorder is the test process's).
+    let metrics_url = url.replace("/health", "/metrics");
+    let text = client
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let ok = prometheus::find(&samples, "lab_bakes_total", &[("result", "ok")]);
+    assert!(ok.first().is_some_and(|s| s.value >= 1.0), "{text}");
+    assert_eq!(
+        prometheus::find(&samples, "lab_bake_last_seconds", &[]).len(),
+        1,
+        "{text}"
+    );
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), run)
         .await
