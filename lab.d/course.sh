@@ -24,35 +24,33 @@ part_crate() {
 cargo_profile_flag() { [[ $PROFILE == debug ]] || echo --release; }
 
 PART_BIN="" LOAD_BIN=""
-app_binary() { # part -> builds the part's bins, sets PART_BIN and LOAD_BIN
+app_binary() { # part -> builds the workspace's bins, sets PART_BIN and LOAD_BIN
     local part=$1 crate
     crate=$(part_crate "$part")
-    # `./lab test` builds every target once, with the features the tests
-    # need, before it starts any part: a `cargo build -p` here would resolve
-    # other features and compile every dependency a second time.
+    # One build for every part and the tour: `cargo build -p <crate>`
+    # resolves each crate's own feature set, so going from part 1 to part 4
+    # (or to `./lab tour`) compiled every dependency again. The first `up`
+    # builds everything; every later one finds it built. `./lab test` has
+    # built every target already (its own features) and says so.
     if [[ ${LAB_PREBUILT:-} != 1 ]]; then
-        say "building $crate ($PROFILE)"
+        say "building the workspace's binaries ($PROFILE; once for every part and the tour)"
         # shellcheck disable=SC2046 # the flag is one word or none
-        (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p "$crate" --bins) || die "building $crate failed"
+        (cd "$ROOT" && cargo build -q $(cargo_profile_flag) --workspace --bins) || die "building the workspace's binaries failed"
     fi
     PART_BIN=$ROOT/target/$PROFILE/$part-server
     local loader=$part load_crate=$crate
     # Parts 3 and 4 serve part 2's dataset: part2-load loads it, as for part 2.
     if [[ $part == part3 || $part == part4 ]]; then
         loader=part2 load_crate=part2-database
-        if [[ ${LAB_PREBUILT:-} != 1 ]]; then
-            # shellcheck disable=SC2046 # the flag is one word or none
-            (cd "$ROOT" && cargo build -q $(cargo_profile_flag) -p part2-database --bin part2-load) || die "building part2-load failed"
-        fi
     fi
     LOAD_BIN=$ROOT/target/$PROFILE/$loader-load
     [[ -x $LOAD_BIN ]] ||
-        die "$loader-load is missing from target/$PROFILE: it loads $part's dataset before the clones start. Build it with: cargo build $(cargo_profile_flag) -p $load_crate --bin $loader-load"
+        die "$loader-load ($load_crate) is missing from target/$PROFILE: it loads $part's dataset before the clones start. Build it with: cargo build $(cargo_profile_flag) --workspace --bins"
     # Part 4's other processes come from the same build as its server.
     local bin
     for bin in $(part_extra_bins "$part"); do
         [[ -x $ROOT/target/$PROFILE/$bin ]] ||
-            die "$bin is missing from target/$PROFILE after building $crate: ./lab up $part runs it beside the clones (see $crate's src/bin)"
+            die "$bin is missing from target/$PROFILE: ./lab up $part runs it beside the clones (see $crate's src/bin; build: cargo build $(cargo_profile_flag) --workspace --bins)"
     done
 }
 part_extra_bins() { [[ $1 != part4 ]] || echo part4-worker part4-bake; }

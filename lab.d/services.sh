@@ -75,11 +75,12 @@ skip-name-resolve
 server-id=$id
 log-bin=binlog
 binlog-format=ROW
-# Binary logs rotate at 64 MB and go after 15 minutes (at each rotation and
+# Binary logs rotate at 64 MB and go after an hour (at each rotation and
 # start): a test run writes gigabytes of row events, and the replica reads
-# them within milliseconds, so nothing older is ever needed.
+# them within milliseconds. A replica stopped for longer than that while
+# writes go on cannot catch up (error 1236): ./lab reset.
 max-binlog-size=64M
-binlog-expire-logs-seconds=900
+binlog-expire-logs-seconds=3600
 gtid-strict-mode=1
 gtid-domain-id=$id
 innodb-buffer-pool-size=128M
@@ -149,7 +150,7 @@ init_mariadb() { # after the port is open: users, databases, replication (once)
             sleep 0.1
         done
         sql "$name" "SELECT 1 FROM mysql.user WHERE user='lab'" | grep -q 1 ||
-            die "the replica did not catch up with the primary in ${DEADLINE}s: see './lab logs mariadb-replica' (a new replica replays the primary's binary logs from the start, which go after 15 minutes: with an older primary, './lab reset' starts both afresh)"
+            die "the replica did not catch up with the primary in ${DEADLINE}s: see './lab logs mariadb-replica' (a new replica replays the primary's binary logs from the start, which go after an hour: with an older primary, './lab reset' starts both afresh)"
         ;;
     mariadb-primary)
         sql "$name" "$(mariadb_users_sql)

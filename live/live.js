@@ -23,7 +23,7 @@ const APP = {
   requests: "lab_http_requests_total", // counter {route, method, status}
   latency: "lab_http_request_duration_seconds", // histogram {route}: _bucket{le}
   cache: "lab_cache_requests_total", // counter {backend, pattern, result="hit"|"miss"}
-  queries: "lab_db_queries_total", // counter {pool="primary"|"replica"|"shard0"|"shard1"}
+  queries: "lab_db_queries_total", // counter {pool="primary"|"replica"}: the clones' pools (an idle clone: ~2/s and ~4/s, its health check)
   lag: "lab_replica_lag_seconds", // gauge: the replica's lag as the app measures it
   jobs: "lab_jobs_total", // counter {event="enqueued"|"done"|"failed"|"dead_lettered"}
   running: "lab_jobs_running", // gauge: jobs a worker runs now
@@ -105,7 +105,7 @@ const PANELS = [
   {
     id: "queue",
     title: "Queue depth (messages)",
-    note: "RabbitMQ, all queues: waiting and handed out; and as the app sees it",
+    note: "RabbitMQ: every queue on the broker together, a few seconds behind; a worker: its own queue, read at each scrape",
     queries: [
       { q: `sum(rabbitmq_queue_messages_ready)`, label: () => "RabbitMQ ready" },
       { q: `sum(rabbitmq_queue_messages_unacked)`, label: () => "RabbitMQ unacked" },

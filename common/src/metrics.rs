@@ -42,10 +42,11 @@ pub const BAKE_SECONDS: &str = "lab_bake_last_seconds";
 /// `missing` is a request that brought a session cookie its clone could not
 /// find: with `--sessions memory` behind a balancer, the lesson of part 1.
 pub const SESSIONS: &str = "lab_sessions_total";
-/// Database work by pool: counter {pool = primary | replica | shard0..}.
-/// One per connection handed back to the pool: a query run on the pool, or
-/// a whole transaction (sqlx's `after_release`). The replica health check
-/// counts too: about two a second on each pool.
+/// Database work by pool: counter {pool = primary | replica}. One per
+/// connection handed back to the pool: a query run on the pool, or a whole
+/// transaction (sqlx's `after_release`). Part 2's replica health check
+/// counts too: every 500 ms one query on the primary and two on the
+/// replica, so an idle clone shows about 2/s and 4/s.
 pub const DB_QUERIES: &str = "lab_db_queries_total";
 /// The replica's lag as the app measures it (part 2's health check: how
 /// long ago the primary reached the oldest write the replica lacks): gauge
@@ -149,7 +150,7 @@ fn describe() {
 
 /// Counts each connection handed back to `pool_options`'s pool as one
 /// [`DB_QUERIES`] of `pool` (the name the live page shows: `primary`,
-/// `replica`, `shard0`...).
+/// `replica`).
 pub fn count_queries(
     pool_options: sqlx::mysql::MySqlPoolOptions,
     pool: &'static str,
