@@ -22,7 +22,7 @@ const RATE = "[10s]"; // five scrapes: a rate that moves within seconds
 const APP = {
   requests: "lab_http_requests_total", // counter {route, method, status}
   latency: "lab_http_request_duration_seconds", // histogram {route}: _bucket{le}
-  cache: "lab_cache_requests_total", // counter {backend, pattern, result="hit"|"miss"}
+  cache: "lab_cache_requests_total", // counter {backend, pattern, result="hit"|"miss"|"bypass"}
   queries: "lab_db_queries_total", // counter {pool="primary"|"replica"}: the clones' pools (an idle clone: ~2/s and ~4/s, its health check)
   lag: "lab_replica_lag_seconds", // gauge: the replica's lag as the app measures it
   jobs: "lab_jobs_total", // counter {event="enqueued"|"done"|"failed"|"dead_lettered"}
