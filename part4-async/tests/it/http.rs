@@ -1092,12 +1092,19 @@ async fn binaries(backend: Backend) {
             .unwrap();
         assert!(status.success(), "{status}");
     }
-    AnyQueue::connect(&queue_config, &stack)
-        .await
-        .unwrap()
-        .destroy()
-        .await
-        .unwrap();
+    // The jobs queue and the changes queue both processes declared (each
+    // with its dead-letter and parked queues): none left on the broker.
+    for config in [
+        queue_config.clone(),
+        part4_async::changes::queue_config(&queue_config),
+    ] {
+        AnyQueue::connect(&config, &stack)
+            .await
+            .unwrap()
+            .destroy()
+            .await
+            .unwrap();
+    }
     db.drop().await;
 }
 
