@@ -26,12 +26,14 @@
 //! 9. [`metrics`]: every server's `/metrics`, in Prometheus's text format,
 //!    for the live page.
 //! 10. [`signal`]: SIGTERM or Ctrl-C, what every binary stops on.
+//! 11. [`entry`]: every binary's `main`, and why it is one line.
 
 pub mod capacity;
 pub mod config;
 pub mod dataset;
 pub mod demo;
 pub mod domain;
+pub mod entry;
 pub mod measure;
 pub mod metrics;
 pub mod report;

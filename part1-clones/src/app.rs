@@ -662,6 +662,20 @@ async fn count_requests(req: Request, next: Next) -> Response {
     res
 }
 
+/// `part1-server`'s whole `main` (the binary only calls it;
+/// [`common::entry`] says why): `.env`, logging, the flags, then
+/// [`Application::build`] and serve until SIGTERM.
+pub fn main() -> anyhow::Result<()> {
+    common::entry::run(|| async {
+        let config = <crate::config::ServerConfig as clap::Parser>::parse();
+        Application::build(config)
+            .await?
+            .run_until_stopped()
+            .await?;
+        Ok(())
+    })
+}
+
 /// A built, bound, not yet running server.
 pub struct Application {
     port: u16,

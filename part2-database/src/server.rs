@@ -186,6 +186,17 @@ pub struct Part2Config {
     pub replica_check_ms: u64,
 }
 
+/// `part2-server`'s whole `main` (the binary only calls it; [`common::entry`]
+/// says why): `.env`, logging, the flags, then [`build`] and serve until
+/// SIGTERM.
+pub fn main() -> anyhow::Result<()> {
+    common::entry::run(|| async {
+        let config = <Part2Config as clap::Parser>::parse();
+        build(config).await?.run_until_stopped().await?;
+        Ok(())
+    })
+}
+
 /// Connects and binds. The schema and the dataset are `part2-load`'s job
 /// (a deploy step), not the server's.
 pub async fn build(config: Part2Config) -> anyhow::Result<part1_clones::app::Application> {

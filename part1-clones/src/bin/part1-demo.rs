@@ -1,8 +1,8 @@
 //! Part 1's demo: `./lab tour part1`, or
 //! `cargo run --release -p part1-clones --bin part1-demo` with the stack up.
+//!
+//! The work is in the library ([`common::entry`] says why).
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    common::telemetry::init();
-    part1_clones::demo::run(clap::Parser::parse()).await
+fn main() -> anyhow::Result<()> {
+    part1_clones::demo::main()
 }

@@ -203,6 +203,12 @@ async fn me_load_detached(
     .await
 }
 
+/// `part1-demo`'s whole `main` (the binary only calls it; [`common::entry`]
+/// says why): `.env`, logging, the flags, then [`run`].
+pub fn main() -> anyhow::Result<()> {
+    common::entry::run(|| async { run(clap::Parser::parse()).await })
+}
+
 /// Runs every experiment, prints it, and writes `part1.json`.
 pub async fn run(args: Part1DemoArgs) -> anyhow::Result<()> {
     let bin = match &args.server_bin {

@@ -1,8 +1,8 @@
 //! Part 2's demo: `./lab tour part2`, or
 //! `cargo run --release -p part2-database --bin part2-demo` with the stack up.
+//!
+//! The work is in the library ([`common::entry`] says why).
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    common::telemetry::init();
-    part2_database::demo::run(clap::Parser::parse()).await
+fn main() -> anyhow::Result<()> {
+    part2_database::demo::main()
 }

@@ -184,6 +184,12 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// `part2-demo`'s whole `main` (the binary only calls it; [`common::entry`]
+/// says why): `.env`, logging, the flags, then [`run`].
+pub fn main() -> anyhow::Result<()> {
+    common::entry::run(|| async { run(clap::Parser::parse()).await })
+}
+
 /// Runs every experiment in the article's order, prints it, and writes `part2.json`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();

@@ -1,8 +1,8 @@
 //! Part 3's demo: `./lab tour part3`, or
 //! `cargo run --release -p part3-cache --bin part3-demo` with the stack up.
+//!
+//! The work is in the library ([`common::entry`] says why).
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    common::telemetry::init();
-    part3_cache::demo::run(clap::Parser::parse()).await
+fn main() -> anyhow::Result<()> {
+    part3_cache::demo::main()
 }

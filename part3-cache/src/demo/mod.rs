@@ -296,6 +296,12 @@ fn took(started: Instant) {
     ));
 }
 
+/// `part3-demo`'s whole `main` (the binary only calls it; [`common::entry`]
+/// says why): `.env`, logging, the flags, then [`run`].
+pub fn main() -> anyhow::Result<()> {
+    common::entry::run(|| async { run(clap::Parser::parse()).await })
+}
+
 /// Runs every experiment in the article's order, prints it, and writes `part3.json`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();

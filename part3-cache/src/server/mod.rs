@@ -207,6 +207,17 @@ impl Part3Config {
     }
 }
 
+/// `part3-server`'s whole `main` (the binary only calls it; [`common::entry`]
+/// says why): `.env`, logging, the flags, then [`build`] and serve until
+/// SIGTERM.
+pub fn main() -> anyhow::Result<()> {
+    common::entry::run(|| async {
+        let config = <Part3Config as clap::Parser>::parse();
+        build(config).await?.run_until_stopped().await?;
+        Ok(())
+    })
+}
+
 /// Connects and binds: part 2's data layer, the cache, and the hook that
 /// tells the cache about committed writes.
 pub async fn build(config: Part3Config) -> anyhow::Result<Application> {

@@ -2,9 +2,9 @@
 //! `cargo run --release -p part4-async --bin part4-demo` with the stack up
 //! (`DEMO_SECONDS=1 DEMO_REUSE=true` for a quick look). The experiments
 //! are listed in `part4_async::demo`.
+//!
+//! The work is in the library ([`common::entry`] says why).
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    common::telemetry::init();
-    part4_async::demo::run(clap::Parser::parse()).await
+fn main() -> anyhow::Result<()> {
+    part4_async::demo::main()
 }

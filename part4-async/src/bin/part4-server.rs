@@ -3,16 +3,9 @@
 //! `part4-server --help` lists the flags; the jobs are done by
 //! `part4-worker` processes (or, with `--jobs sync`, the anti-pattern,
 //! inside the request). See `part4_async::server`.
+//!
+//! The work is in the library ([`common::entry`] says why).
 
-use clap::Parser;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    common::telemetry::init();
-    let config = part4_async::server::Part4Config::parse();
-    part4_async::server::build(config)
-        .await?
-        .run_until_stopped()
-        .await?;
-    Ok(())
+fn main() -> anyhow::Result<()> {
+    part4_async::server::main()
 }

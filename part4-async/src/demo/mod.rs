@@ -667,6 +667,12 @@ fn default_server_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// `part4-demo`'s whole `main` (the binary only calls it; [`common::entry`]
+/// says why): `.env`, logging, the flags, then [`run`].
+pub fn main() -> anyhow::Result<()> {
+    common::entry::run(|| async { run(clap::Parser::parse()).await })
+}
+
 /// Runs every experiment in the order, prints it, and writes `part4.json`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();

@@ -248,6 +248,17 @@ pub struct Part4Config {
     pub fanout: crate::fanout::FanoutConfig,
 }
 
+/// `part4-server`'s whole `main` (the binary only calls it; [`common::entry`]
+/// says why): `.env`, logging, the flags, then [`build`] and serve until
+/// SIGTERM.
+pub fn main() -> anyhow::Result<()> {
+    common::entry::run(|| async {
+        let config = <Part4Config as clap::Parser>::parse();
+        build(config).await?.run_until_stopped().await?;
+        Ok(())
+    })
+}
+
 /// Connects and binds: part 3's layer, the jobs store (migrated), the
 /// queue (`--jobs async`), and the jobs routes.
 pub async fn build(config: Part4Config) -> anyhow::Result<Application> {
