@@ -1,6 +1,6 @@
-//! Every binary's `main`: `.env` and logging first ([`crate::telemetry`]),
-//! then a multi-threaded Tokio runtime (what `#[tokio::main]` builds) that
-//! runs the binary's work to the end.
+//! The servers' and demos' `main`: `.env` and logging first
+//! ([`crate::telemetry`]), then a multi-threaded Tokio runtime (what
+//! `#[tokio::main]` builds) that runs the binary's work to the end.
 //!
 //! Why the work is called from the *library* (`part4_async::server::main`,
 //! `part4_async::demo::main`...) and the binary is one line: an `async fn`
@@ -8,17 +8,17 @@
 //! that polls it. A binary that awaits `part4_async::demo::run` therefore
 //! compiles the demo's whole call tree again, in each binary that awaits
 //! it: in a release build a 6-line `part4-demo` took 167 s, longer than
-//! the whole part 4 library (111 s). Polling it inside the library builds
-//! each call tree once, and every binary only links it. The servers and
-//! the demos are built this way; the worker, the baker and the loaders
-//! still keep their `main` in the binary (a next step).
+//! the whole part 4 library (111 s). Polled inside the library, each call
+//! tree is compiled once per library, and every binary only links it. The
+//! worker, the baker, the loaders, `part2-migrate` and `part4-sweep` still
+//! keep their `main` in the binary (a next step).
 
 use std::future::Future;
 
 /// Loads `.env`, starts logging, then runs `work()` on a new
-/// multi-threaded runtime until it ends. `work` is a closure so that it
-/// reads its flags (clap, with their environment variables) after `.env`
-/// is loaded.
+/// multi-threaded runtime until it ends. `work` is a closure so that a
+/// caller cannot parse its flags (clap, with their environment variables)
+/// before `.env` is loaded, as `run(demo::run(Parser::parse()))` would.
 pub fn run<W, F>(work: W) -> anyhow::Result<()>
 where
     W: FnOnce() -> F,

@@ -26,7 +26,8 @@
 //! 9. [`metrics`]: every server's `/metrics`, in Prometheus's text format,
 //!    for the live page.
 //! 10. [`signal`]: SIGTERM or Ctrl-C, what every binary stops on.
-//! 11. [`entry`]: every binary's `main`, and why it is one line.
+//! 11. [`entry`]: the servers' and demos' `main`, and why their binaries
+//!     are one line.
 
 pub mod capacity;
 pub mod config;
