@@ -115,8 +115,9 @@ fn provenance_line(r: &PartResults) -> String {
     r.provenance.line()
 }
 
-/// The report as Markdown.
-pub fn markdown(results: &[PartResults]) -> String {
+/// The report as Markdown; `live`, the live page's screenshot if its
+/// browser test left one, closes it.
+pub fn markdown(results: &[PartResults], live: Option<&LiveShot>) -> String {
     let mut md = String::from("# Scalability for Dummies: the lab report\n\n");
     md.push_str(
         "Every figure below was recorded by `./lab tour` on the machine stated with it, and says its kind:\n\n",
@@ -169,6 +170,9 @@ pub fn markdown(results: &[PartResults]) -> String {
         for note in &r.notes {
             let _ = writeln!(md, "- {note}");
         }
+    }
+    if let Some(shot) = live {
+        md.push_str(&shot.markdown());
     }
     md
 }
@@ -309,8 +313,9 @@ pub fn line_chart(c: &Curve) -> String {
     svg
 }
 
-/// The report as a self-contained HTML page with SVG charts.
-pub fn html(results: &[PartResults]) -> String {
+/// The report as a self-contained HTML page with SVG charts; `live`, the
+/// live page's screenshot if its browser test left one, closes it.
+pub fn html(results: &[PartResults], live: Option<&LiveShot>) -> String {
     let mut h = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Scalability for Dummies: lab report</title>\
          <style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}\
@@ -388,6 +393,9 @@ pub fn html(results: &[PartResults]) -> String {
             h.push_str("</ul>");
         }
     }
+    if let Some(shot) = live {
+        h.push_str(&shot.html());
+    }
     h.push_str("</body></html>\n");
     h
 }
@@ -421,7 +429,7 @@ mod tests {
     fn report_shows_figures_side_by_side_and_missing_parts() {
         let r = part1();
         let not_built = PartResults::not_built(2, "Database", "Replicate, then shard.");
-        let md = markdown(&[r.clone(), not_built.clone()]);
+        let md = markdown(&[r.clone(), not_built.clone()], None);
         assert!(
             md.contains("| memory: no session | measured | 66.70 % |"),
             "{md}"
@@ -429,7 +437,7 @@ mod tests {
         assert!(md.contains("## Part 2: Database"));
         assert!(md.contains("Not built yet"));
         assert!(md.contains("## Part 3: Cache\n\n_No results"));
-        let page = html(&[r, not_built]);
+        let page = html(&[r, not_built], None);
         assert!(page.contains("<svg"));
         assert!(page.contains("Keep no state &lt;on&gt; a clone."));
         assert_eq!(page.matches("<svg").count(), 1);
@@ -440,13 +448,13 @@ mod tests {
         let mut r = part1();
         r.computed("resharding", "keys moved", 50.0, "%", "by the scheme");
         r.modelled("scaling", "3 clones", 600.0, "req/s", "against the model");
-        let md = markdown(std::slice::from_ref(&r));
+        let md = markdown(std::slice::from_ref(&r), None);
         for (kind, means) in KINDS {
             assert!(md.contains(&format!("- **{kind}**: {means}.")), "{md}");
         }
         assert!(md.contains("| keys moved | computed |"), "{md}");
         assert!(md.contains("| 3 clones | modelled |"), "{md}");
-        let page = html(&[r]);
+        let page = html(&[r], None);
         assert!(
             page.contains(r#"<span class="kind modelled">modelled</span>"#),
             "{page}"
@@ -458,7 +466,7 @@ mod tests {
         let mut r = PartResults::new(1, "Clones", "claim");
         r.measured("drill", "p99", 176_895.0, "µs", "slowest 1%");
         r.measured("drill", "lag", 2.5, "ms", "replica lag");
-        let md = markdown(&[r]);
+        let md = markdown(&[r], None);
         assert!(md.contains("| p99 | measured | 177 ms |"), "{md}");
         assert!(md.contains("| lag | measured | 2.50 ms |"), "{md}");
         assert!(!md.contains("176895"), "{md}");
@@ -476,7 +484,7 @@ mod tests {
         ] {
             r.measured("one comparison", name, v, unit, "");
         }
-        let page = html(&[r]);
+        let page = html(&[r], None);
         assert_eq!(page.matches("<svg").count(), 2, "{page}");
     }
 
@@ -494,7 +502,7 @@ mod tests {
         );
         let f = &r.figures[0];
         assert_eq!(f.value, 1000.0);
-        let md = markdown(&[r]);
+        let md = markdown(&[r], None);
         assert!(
             md.contains("1000 req/s (median of 3 runs; min 900 req/s, max 1100 req/s)"),
             "{md}"
@@ -522,9 +530,9 @@ mod tests {
                 },
             ],
         });
-        let page = html(std::slice::from_ref(&r));
+        let page = html(std::slice::from_ref(&r), None);
         assert_eq!(page.matches("<polyline").count(), 2, "{page}");
-        let md = markdown(&[r]);
+        let md = markdown(&[r], None);
         assert!(md.contains("| 3 clones | 560 req/s | 60.0 ms |"), "{md}");
     }
 
@@ -538,6 +546,23 @@ mod tests {
         assert_eq!(r.figures[0].kind, Kind::Measured);
         assert_eq!(r.provenance.git_rev, "unknown");
         assert!(r.curves.is_empty());
+    }
+
+    #[test]
+    fn the_live_screenshot_closes_both_reports_with_its_measured_times() {
+        let shot = LiveShot {
+            taken_at: "2026-11-23T12:00:00Z".into(),
+            red_after_ms: 1812,
+            green_after_ms: 3388,
+            revision: "abc1234".into(),
+        };
+        let md = markdown(&[], Some(&shot));
+        assert!(md.ends_with(&shot.markdown()), "{md}");
+        assert!(md.contains("![the live page](live.png)"));
+        assert!(md.contains("red 1.8 s after") && md.contains("green 3.4 s after"));
+        let page = html(&[], Some(&shot));
+        assert!(page.ends_with(&format!("{}</body></html>\n", shot.html())));
+        assert!(!markdown(&[], None).contains("The live view"));
     }
 }
 

@@ -663,15 +663,21 @@ async fn count_requests(req: Request, next: Next) -> Response {
 }
 
 /// `part1-server`'s whole `main` (the binary only calls it;
-/// [`common::entry`] says why): `.env`, logging, the flags, then
-/// [`Application::build`] and serve until SIGTERM.
+/// [`common::entry`] says why): [`serve`] with [`Application::build`].
 pub fn main() -> anyhow::Result<()> {
+    serve(Application::build)
+}
+
+/// Every part's server `main`: `.env`, logging, the flags `C`, then
+/// `build` and serve until SIGTERM. Each part calls it from its library
+/// (`part4_async::server::main`), so the server is compiled there.
+pub fn serve<C, F>(build: fn(C) -> F) -> anyhow::Result<()>
+where
+    C: clap::Parser,
+    F: Future<Output = anyhow::Result<Application>>,
+{
     common::entry::run(|| async {
-        let config = <crate::config::ServerConfig as clap::Parser>::parse();
-        Application::build(config)
-            .await?
-            .run_until_stopped()
-            .await?;
+        build(C::parse()).await?.run_until_stopped().await?;
         Ok(())
     })
 }

@@ -187,10 +187,7 @@ pub fn lazy_pool_with(
     max: u32,
     acquire_timeout: Duration,
 ) -> Result<MySqlPool, sqlx::Error> {
-    MySqlPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(acquire_timeout)
-        .connect_lazy(url)
+    lazy_options(max, acquire_timeout).connect_lazy(url)
 }
 
 /// [`lazy_pool_with`], counted on `/metrics` as `lab_db_queries_total{pool}`
@@ -202,10 +199,13 @@ pub fn counted_pool(
     acquire_timeout: Duration,
     pool: &'static str,
 ) -> Result<MySqlPool, sqlx::Error> {
-    let options = MySqlPoolOptions::new()
+    common::metrics::count_queries(lazy_options(max, acquire_timeout), pool).connect_lazy(url)
+}
+
+fn lazy_options(max: u32, acquire_timeout: Duration) -> MySqlPoolOptions {
+    MySqlPoolOptions::new()
         .max_connections(max)
-        .acquire_timeout(acquire_timeout);
-    common::metrics::count_queries(options, pool).connect_lazy(url)
+        .acquire_timeout(acquire_timeout)
 }
 
 /// Errors that mean "this server is not answering", as opposed to a bad query.

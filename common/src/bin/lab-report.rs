@@ -29,16 +29,13 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.report_dir.display()))?;
     let md = args.report_dir.join("report.md");
     let html = args.report_dir.join("index.html");
-    let mut markdown = common::report::markdown(&results);
-    let mut page = common::report::html(&results);
     // The live page's screenshot, if its browser test (`./lab test`) left
     // one beside the report.
-    if let Some(shot) = LiveShot::read(&args.report_dir) {
-        markdown.push_str(&shot.markdown());
-        page = page.replace("</body>", &format!("{}</body>", shot.html()));
-    }
-    std::fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))?;
-    std::fs::write(&html, page).with_context(|| format!("writing {}", html.display()))?;
+    let live = LiveShot::read(&args.report_dir);
+    std::fs::write(&md, common::report::markdown(&results, live.as_ref()))
+        .with_context(|| format!("writing {}", md.display()))?;
+    std::fs::write(&html, common::report::html(&results, live.as_ref()))
+        .with_context(|| format!("writing {}", html.display()))?;
     println!("report: {} and {}", md.display(), html.display());
     Ok(())
 }

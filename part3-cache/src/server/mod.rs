@@ -208,14 +208,9 @@ impl Part3Config {
 }
 
 /// `part3-server`'s whole `main` (the binary only calls it; [`common::entry`]
-/// says why): `.env`, logging, the flags, then [`build`] and serve until
-/// SIGTERM.
+/// says why): part 1's [`part1_clones::app::serve`] with [`build`].
 pub fn main() -> anyhow::Result<()> {
-    common::entry::run(|| async {
-        let config = <Part3Config as clap::Parser>::parse();
-        build(config).await?.run_until_stopped().await?;
-        Ok(())
-    })
+    part1_clones::app::serve(build)
 }
 
 /// Connects and binds: part 2's data layer, the cache, and the hook that

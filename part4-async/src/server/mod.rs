@@ -249,14 +249,9 @@ pub struct Part4Config {
 }
 
 /// `part4-server`'s whole `main` (the binary only calls it; [`common::entry`]
-/// says why): `.env`, logging, the flags, then [`build`] and serve until
-/// SIGTERM.
+/// says why): part 1's [`part1_clones::app::serve`] with [`build`].
 pub fn main() -> anyhow::Result<()> {
-    common::entry::run(|| async {
-        let config = <Part4Config as clap::Parser>::parse();
-        build(config).await?.run_until_stopped().await?;
-        Ok(())
-    })
+    part1_clones::app::serve(build)
 }
 
 /// Connects and binds: part 3's layer, the jobs store (migrated), the
