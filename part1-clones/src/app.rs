@@ -283,22 +283,22 @@ pub async fn current<S: SessionStore>(
             let _ = SERVED_SESSION.try_with(|seen| {
                 *seen.borrow_mut() = Some((id.clone(), session.created_at));
             });
-            count_session(state, "found");
+            count_session(state, "found", 1);
             return Ok((id, session));
         }
     }
     if brought {
         // A cookie this clone's store does not know: expired, forged, or
         // (with `--sessions memory`) made by another clone.
-        count_session(state, "missing");
+        count_session(state, "missing", 1);
     }
     Err(ApiError::Unauthorized)
 }
 
-/// One [`common::metrics::SESSIONS`] event of this clone's store.
-fn count_session<S: SessionStore>(state: &AppState<S>, event: &'static str) {
+/// `n` [`common::metrics::SESSIONS`] events of this clone's store.
+fn count_session<S: SessionStore>(state: &AppState<S>, event: &'static str, n: u64) {
     metrics::counter!(common::metrics::SESSIONS, "store" => state.sessions.name(), "event" => event)
-        .increment(1);
+        .increment(n);
 }
 
 /// The cookie's lifetime: what is left of the session's life on the
@@ -423,7 +423,7 @@ async fn login<S: SessionStore>(
         state.sessions.delete(&old).await?;
     }
     let id = state.sessions.create(user.id, &user.username).await?;
-    count_session(&state, "created");
+    count_session(&state, "created", 1);
     let me = Me {
         id: user.id,
         username: user.username,
@@ -443,7 +443,7 @@ async fn logout<S: SessionStore>(
 ) -> Result<impl IntoResponse, ApiError> {
     for id in session_cookies(&headers) {
         state.sessions.delete(&id).await?;
-        count_session(&state, "ended");
+        count_session(&state, "ended", 1);
     }
     Ok((
         StatusCode::NO_CONTENT,
@@ -604,6 +604,12 @@ pub fn app<S: SessionStore, P: AppPart>(
             crate::capacity::limit,
         ));
     common::metrics::install();
+    // Every session series exists from the start, at 0: a series born at
+    // its first event would start at 1, and Prometheus's rate() would not
+    // count that first step (a login and a few requests would show nothing).
+    for event in ["created", "found", "missing", "ended"] {
+        count_session(&state, event, 0);
+    }
     Router::new()
         .route("/health", get(health::<S>))
         .route("/ready", get(ready::<S>))

@@ -70,6 +70,16 @@ async fn metrics_parse_and_count_requests_by_route_template() {
             .any(|s| matches!(s.label("route"), Some("/health" | "/metrics"))),
         "polls are not traffic:\n{text}"
     );
+    // The session series exist from the start (at 0), so the first event
+    // shows as a rate on the live page.
+    for event in ["created", "found", "missing", "ended"] {
+        assert!(
+            samples.iter().any(|s| s.name == "lab_sessions_total"
+                && s.label("event") == Some(event)
+                && s.label("store") == Some("redis")),
+            "no lab_sessions_total{{event={event}}}:\n{text}"
+        );
+    }
     assert!(text.contains("# TYPE lab_http_request_duration_seconds histogram"));
     let buckets: Vec<&Sample> = samples
         .iter()
