@@ -18,6 +18,8 @@
 //!   before the next, as a worker does. On RabbitMQ the broker pushes up
 //!   to `prefetch` unacknowledged jobs ahead to each consumer (basic.qos):
 //!   with 1, every job waits for the previous one's ack to reach the broker.
+//!   On Redis, `prefetch` is how many jobs a consumer moves into its
+//!   processing list per round trip (one Lua call) when the queue has them.
 //!
 //! The clock runs from the first publish to the last ack: one figure for
 //! the whole pipe, producer and consumers running at once.
@@ -74,15 +76,18 @@ pub async fn rabbitmq(
 }
 
 /// Connects to Redis and opens a reliable queue under the key prefix
-/// `<prefix>_<unique>` with `consumers` consumers, publishing with
-/// `window` replies outstanding.
+/// `<prefix>_<unique>` with `consumers` consumers, each taking up to
+/// `prefetch` jobs per round trip, publishing with `window` replies
+/// outstanding.
 pub async fn redis(
     stack: &StackConfig,
     prefix: &str,
     consumers: usize,
+    prefetch: u16,
     window: usize,
 ) -> anyhow::Result<Rig<RedisQueue>> {
-    let config = QueueConfig::new(Backend::Redis, common::testing::unique_name(prefix));
+    let mut config = QueueConfig::new(Backend::Redis, common::testing::unique_name(prefix));
+    config.prefetch = prefetch;
     let queue = RedisQueue::connect(&stack.redis_url, config)
         .await
         .context("Redis for the queue bench")?;
@@ -90,7 +95,7 @@ pub async fn redis(
         queue,
         consumers,
         window,
-        format!("redis {consumers} consumers, window {window}"),
+        format!("redis {consumers} consumers, prefetch {prefetch}, window {window}"),
     )
     .await
 }

@@ -1,5 +1,5 @@
 //! The queue sweep (`part4-sweep`): RabbitMQ's throughput over prefetch
-//! and confirm window, and the Redis reliable queue's over consumers,
+//! and confirm window, and the Redis reliable queue's over consumers and prefetch,
 //! written into the lab report as curves.
 //!
 //! ```text
@@ -35,7 +35,7 @@ pub const COMPARISON: &str = "queue throughput (part4-sweep)";
 /// The RabbitMQ curve's title.
 pub const RABBITMQ_CURVE: &str = "RabbitMQ publish+consume with confirms and acks";
 /// The Redis curve's title.
-pub const REDIS_CURVE: &str = "Redis reliable queue: enqueue, BLMOVE, ack";
+pub const REDIS_CURVE: &str = "Redis reliable queue: enqueue, batched take, ack";
 
 /// The sweep's flags.
 #[derive(Debug, Clone, clap::Parser)]
@@ -53,6 +53,10 @@ pub struct SweepArgs {
     /// Redis consumer counts (the x axis of the Redis curve).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16, 64])]
     pub redis_consumers: Vec<usize>,
+    /// Redis prefetch values: jobs a consumer takes per round trip (one
+    /// line each on the Redis chart).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u16, 100])]
+    pub redis_prefetch: Vec<u16>,
     /// The Redis producer's outstanding `LPUSH`es.
     #[arg(long, default_value_t = 128)]
     pub redis_window: usize,
@@ -81,6 +85,15 @@ fn warm_up(messages: u64) -> u64 {
     (messages / 10).clamp(50, 500)
 }
 
+/// `part4-sweep`'s `main`: the binary is one line ([`common::entry`]
+/// says why).
+pub fn main() -> anyhow::Result<()> {
+    common::entry::run(|| async {
+        use clap::Parser;
+        run(SweepArgs::parse()).await
+    })
+}
+
 /// Runs the sweep, prints each point, and writes the curves.
 pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
     let stack = common::config::StackConfig::from_env()?;
@@ -103,16 +116,8 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
         for &prefetch in &args.prefetch {
             let mut points = Vec::new();
             for &window in &args.window {
-                let mut rig = queue_load::rabbitmq(&stack, "sweep4", prefetch, window).await?;
-                let outcome = async {
-                    rig.pump(warm_up(n)).await?;
-                    rig.pump(n).await
-                }
-                .await;
-                let label = rig.label().to_owned();
-                rig.close().await?;
-                let per_second = rate(n, outcome.with_context(|| label.clone())?);
-                figure(Kind::Measured, format!("{label}: {per_second:.0} msg/s"));
+                let rig = queue_load::rabbitmq(&stack, "sweep4", prefetch, window).await?;
+                let (per_second, label) = point(rig, n, "msg/s").await?;
                 points.push((window as f64, per_second));
                 if best.as_ref().is_none_or(|(b, _)| per_second > *b) {
                     best = Some((per_second, label));
@@ -144,37 +149,35 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
     }
 
     if args.only != Only::Rabbitmq {
-        let mut points = Vec::new();
+        let mut series = Vec::new();
         let mut best: Option<(f64, String)> = None;
-        for &consumers in &args.redis_consumers {
-            let mut rig = queue_load::redis(&stack, "sweep4", consumers, args.redis_window).await?;
-            let outcome = async {
-                rig.pump(warm_up(n)).await?;
-                rig.pump(n).await
+        for &prefetch in &args.redis_prefetch {
+            let mut points = Vec::new();
+            for &consumers in &args.redis_consumers {
+                let rig =
+                    queue_load::redis(&stack, "sweep4", consumers, prefetch, args.redis_window)
+                        .await?;
+                let (per_second, label) = point(rig, n, "jobs/s").await?;
+                points.push((consumers as f64, per_second));
+                if best.as_ref().is_none_or(|(b, _)| per_second > *b) {
+                    best = Some((per_second, label));
+                }
             }
-            .await;
-            let label = rig.label().to_owned();
-            rig.close().await?;
-            let per_second = rate(n, outcome.with_context(|| label.clone())?);
-            figure(Kind::Measured, format!("{label}: {per_second:.0} jobs/s"));
-            points.push((consumers as f64, per_second));
-            if best.as_ref().is_none_or(|(b, _)| per_second > *b) {
-                best = Some((per_second, label));
-            }
+            series.push(Series {
+                name: format!("prefetch {prefetch}"),
+                points,
+            });
         }
         curves.push(Curve {
             title: REDIS_CURVE.into(),
             shows: format!(
-                "jobs per second through the Redis reliable queue, {n} per point: LPUSH ({} outstanding), BLMOVE into each consumer's processing list with its delivery count, LREM to ack; the goal is 30k jobs/s",
+                "jobs per second through the Redis reliable queue, {n} per point: LPUSH ({} outstanding), up to `prefetch` jobs moved into each consumer's processing list per round trip with their delivery counts (BLMOVE when the queue is empty), one LREM script per ack; the goal is 30k jobs/s",
                 args.redis_window
             ),
             kind: Kind::Measured,
             x: Axis::new("consumers", ""),
             y: Axis::new("throughput", "jobs/s"),
-            series: vec![Series {
-                name: format!("window {}", args.redis_window),
-                points,
-            }],
+            series,
         });
         if let Some((value, label)) = best {
             figures.push((
@@ -189,6 +192,26 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
     let path = record(&args.results_dir, curves, figures, n, profile)?;
     println!("added to {}", path.display());
     Ok(())
+}
+
+/// One point of the sweep: a warm-up, then `n` jobs through `rig`, timed;
+/// the rig is closed (its queue deleted) whatever happened. Prints the
+/// point and returns its rate with the rig's label.
+async fn point<Q: part4_async::queue::JobQueue>(
+    mut rig: queue_load::Rig<Q>,
+    n: u64,
+    unit: &str,
+) -> anyhow::Result<(f64, String)> {
+    let outcome = async {
+        rig.pump(warm_up(n)).await?;
+        rig.pump(n).await
+    }
+    .await;
+    let label = rig.label().to_owned();
+    rig.close().await?;
+    let per_second = rate(n, outcome.with_context(|| label.clone())?);
+    figure(Kind::Measured, format!("{label}: {per_second:.0} {unit}"));
+    Ok((per_second, label))
 }
 
 /// Adds the sweep's curves and figures to `part4.json`, replacing those of

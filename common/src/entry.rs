@@ -9,9 +9,9 @@
 //! compiles the demo's whole call tree again, in each binary that awaits
 //! it: in a release build a 6-line `part4-demo` took 167 s, longer than
 //! the whole part 4 library (111 s). Polled inside the library, each call
-//! tree is compiled once per library, and every binary only links it. The
-//! worker, the baker, the loaders, `part2-migrate` and `part4-sweep` still
-//! keep their `main` in the binary (a next step).
+//! tree is compiled once per library, and every binary only links it. Every
+//! async binary of the workspace is built this way (`lab-report` is
+//! synchronous and small).
 
 use std::future::Future;
 

@@ -398,6 +398,29 @@ async fn find_on(pool: &MySqlPool, username: &str) -> Result<Option<UserRecord>,
     }))
 }
 
+/// `part1-load`'s work (the binary is one line, see [`common::entry`]):
+/// migrates part 1's tables and loads the dataset's users.
+pub fn load_main() -> anyhow::Result<()> {
+    common::entry::run(|| async {
+        use anyhow::Context;
+        use clap::Parser;
+        let config = crate::config::LoadConfig::parse();
+        let pool = crate::app::connect_database(
+            &config.stack.mariadb_primary_url,
+            std::time::Duration::from_secs(30),
+        )
+        .await?;
+        let spec = common::dataset::DatasetSpec::new(config.dataset_seed, config.scale);
+        let new = Users::new(pool)
+            .load_dataset(&spec)
+            .await
+            .context("loading the dataset's users")?;
+        tracing::info!(new, users = spec.sizes.users, "dataset users loaded");
+        println!("part1-load: {new} new users of {}", spec.sizes.users);
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -346,3 +346,51 @@ pub async fn feed_lookup(db: &Database, user_id: u64, limit: i64) -> anyhow::Res
         .await?;
     Ok(docs.iter().map(line).collect())
 }
+
+/// `part2-migrate`'s flags: MariaDB to MongoDB, with a count check.
+#[derive(clap::Parser)]
+#[command(
+    name = "part2-migrate",
+    about = "Part 2: migrate MariaDB to MongoDB documents and check every count"
+)]
+struct MigrateArgs {
+    /// The MongoDB database to fill (emptied first).
+    #[arg(long, env = "MONGO_DATABASE", default_value = "lab")]
+    mongo_database: String,
+    /// The stack's URLs.
+    #[command(flatten)]
+    stack: common::config::StackConfig,
+}
+
+/// `part2-migrate`'s work (the binary is one line, see
+/// [`common::entry`]): copies MariaDB into MongoDB documents, then checks
+/// every count (an error, so exit 1, if one differs).
+pub fn migrate_main() -> anyhow::Result<()> {
+    common::entry::run(|| async {
+        use anyhow::Context;
+        use clap::Parser;
+        let args = MigrateArgs::parse();
+        let pool =
+            common::testing::mariadb_at("MariaDB primary", &args.stack.mariadb_primary_url).await?;
+        let db = connect(&args.stack.mongo_url, &args.mongo_database).await?;
+        db.drop().await.context("emptying the target database")?;
+        let m = migrate(&pool, &db).await?;
+        println!(
+            "copied {} users, {} articles, {} comments, {} friendship edges in {:.1} s: {:.0} rows/s",
+            m.users,
+            m.articles,
+            m.comments,
+            m.friendships,
+            m.seconds,
+            m.rate()
+        );
+        let (sql, docs) = (counts_sql(&pool).await?, counts_mongo(&db).await?);
+        println!("MariaDB {sql:?}\nMongoDB {docs:?}");
+        anyhow::ensure!(
+            sql == docs,
+            "the counts differ: the migration is incomplete"
+        );
+        println!("every count matches");
+        Ok(())
+    })
+}

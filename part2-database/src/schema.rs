@@ -243,3 +243,24 @@ pub async fn prepare(primary_url: &str, spec: &DatasetSpec) -> anyhow::Result<Op
     pool.close().await;
     loaded
 }
+
+/// `part2-load`'s work (the binary is one line, see [`common::entry`]):
+/// migrates parts 1 and 2 and loads the whole dataset, once per scale.
+pub fn load_main() -> anyhow::Result<()> {
+    common::entry::run(|| async {
+        use clap::Parser;
+        // The same flags as part1-load: one dataset, one way to ask for it.
+        let config = part1_clones::config::LoadConfig::parse();
+        let spec = common::dataset::DatasetSpec::new(config.dataset_seed, config.scale);
+        match prepare(&config.stack.mariadb_primary_url, &spec).await? {
+            Some(stats) => println!(
+                "part2-load: {} rows in {:.1} s ({:.0} rows/s)",
+                stats.rows,
+                stats.seconds,
+                stats.rate()
+            ),
+            None => println!("part2-load: the dataset is already loaded"),
+        }
+        Ok(())
+    })
+}

@@ -75,7 +75,7 @@
 //! | `QUEUE` | `rabbitmq` | the backend, `rabbitmq` or `redis` |
 //! | `QUEUE_NAME` | `part4.jobs` | RabbitMQ's queue (and `.dlx`, `.dead`, `.parked`), or the Redis keys' prefix |
 //! | `MAX_DELIVERIES` | `3` | deliveries before a job is dead-lettered |
-//! | `PREFETCH` | `1` | RabbitMQ: unacknowledged jobs per consumer |
+//! | `PREFETCH` | `1` | jobs a consumer holds ahead: RabbitMQ's unacknowledged deliveries; Redis's jobs per take |
 //! | `CONSUMER_TTL_MS` | `5000` | Redis: a consumer silent this long is dead, its jobs reaped |
 //! | `WORKER_NAME` | `worker-<pid>` | in logs and in the claim rows |
 //! | `JOB_MIN_MS` | `1000` | the stated minimum duration of a job |
@@ -94,6 +94,7 @@
 //!
 pub mod bake;
 pub mod changes;
+pub mod cli;
 pub mod demo;
 pub mod export;
 pub mod fanout;

@@ -82,9 +82,10 @@ pub struct QueueConfig {
     /// `QUEUE_NAME` (or deleting the queue).
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 3)]
     pub max_deliveries: u32,
-    /// RabbitMQ: messages a consumer may hold unacknowledged (basic.qos).
-    /// 1 for long jobs: each goes to a worker that is free ("fair
-    /// dispatch"); high for many short ones (throughput).
+    /// Jobs a consumer holds ahead: on RabbitMQ, messages it may hold
+    /// unacknowledged (basic.qos); on Redis, jobs it takes per round trip
+    /// (at most 1,000). 1 for long jobs: each goes to a worker that is
+    /// free ("fair dispatch"); high for many short ones (throughput).
     #[arg(long, env = "PREFETCH", default_value_t = 1)]
     pub prefetch: u16,
     /// Redis: a consumer that has not refreshed its heartbeat for this long
@@ -251,7 +252,11 @@ pub(crate) enum Handle {
         /// Which of the consumer's connections it came on.
         generation: u64,
     },
-    Redis,
+    Redis {
+        /// The id its deliveries are counted under in `<q>:deliveries`,
+        /// as Redis's own JSON parser read it ("" when none).
+        counted: String,
+    },
 }
 
 /// A queue: put jobs in, count them, open consumers.
@@ -277,6 +282,10 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// Jobs waiting and dead-lettered.
     fn depth(&self) -> impl Future<Output = Result<Depth, QueueError>> + Send;
+
+    /// Jobs waiting ([`Depth::ready`] alone, in one question to the
+    /// broker: what the frontend's backpressure gate reads).
+    fn ready(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
     /// Opens a consumer named `name` (unique per process: the worker's name).
     fn consume(
@@ -397,6 +406,13 @@ impl JobQueue for AnyQueue {
         match self {
             AnyQueue::RabbitMq(q) => q.depth().await,
             AnyQueue::Redis(q) => q.depth().await,
+        }
+    }
+
+    async fn ready(&self) -> Result<u64, QueueError> {
+        match self {
+            AnyQueue::RabbitMq(q) => q.ready().await,
+            AnyQueue::Redis(q) => q.ready().await,
         }
     }
 

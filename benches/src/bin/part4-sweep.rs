@@ -1,10 +1,8 @@
 //! Part 4's queue sweep: see `benches::sweep` for what it measures and why
 //! it is a binary.
+//!
+//! The work is in the library ([`common::entry`] says why).
 
-use clap::Parser;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    common::telemetry::init();
-    benches::sweep::run(benches::sweep::SweepArgs::parse()).await
+fn main() -> anyhow::Result<()> {
+    benches::sweep::main()
 }

@@ -7,24 +7,9 @@
 //! ```text
 //! cargo run -p part2-database --bin part2-load -- --scale tiny
 //! ```
+//!
+//! The work is in the library ([`common::entry`] says why).
 
-use clap::Parser;
-use part1_clones::config::LoadConfig;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    common::telemetry::init();
-    // The same flags as part1-load: one dataset, one way to ask for it.
-    let config = LoadConfig::parse();
-    let spec = common::dataset::DatasetSpec::new(config.dataset_seed, config.scale);
-    match part2_database::schema::prepare(&config.stack.mariadb_primary_url, &spec).await? {
-        Some(stats) => println!(
-            "part2-load: {} rows in {:.1} s ({:.0} rows/s)",
-            stats.rows,
-            stats.seconds,
-            stats.rate()
-        ),
-        None => println!("part2-load: the dataset is already loaded"),
-    }
-    Ok(())
+fn main() -> anyhow::Result<()> {
+    part2_database::schema::load_main()
 }

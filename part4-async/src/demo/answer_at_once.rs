@@ -13,12 +13,22 @@
 //! - `JOBS=sync`, the anti-pattern: the same export done inside the
 //!   request, `JOB_MIN_MS` = 1000 ms, answering `200` with the result.
 //!
-//! The same load on each: 64 logged-in clients, each posting a job,
-//! waiting for the answer, posting the next. Measured: throughput, p50 and
-//! p99 of `POST /jobs`. Computed from those: how long each job holds a
-//! clone's connection (the mean latency), the ceiling of the sync tier
-//! (64 clients / 1 s per job), and how long the two workers need for the
-//! backlog the async run left (measured from the broker's queue depth).
+//! Two loads on each, measured: throughput, p50 and p99 of `POST /jobs`.
+//!
+//! - **Steady**: jobs arrive at [`RATE`] a second (an open loop, timed
+//!   from when each request was due), at most [`CONCURRENCY`] in flight.
+//!   The rate is half of what the sync tier can carry at all (64 in
+//!   flight / 1 s per job), so both keep up and the difference is the wait
+//!   alone. How many requests were in flight on average is computed
+//!   (rate x mean latency): a handful for async, tens for sync.
+//! - **Flat out**: 64 clients, each posting a job, waiting for the answer,
+//!   posting the next (a closed loop): what each tier accepts at most, and
+//!   the run the goal names (p99 5 ms or less at 64 concurrent).
+//!
+//! Computed from those: the p99 ratio, how long each job holds a clone's
+//! connection (the mean latency), the ceiling of the sync tier (64 clients
+//! / 1 s per job), and how long the two workers need for the backlog the
+//! async runs left (measured from the broker's queue depth).
 //!
 //! Run it alone: `DEMO_ONLY=1 cargo run -p part4-async --bin part4-demo`.
 
@@ -42,17 +52,27 @@ pub const JOB_MIN_MS: u64 = 1000;
 pub const USERS: u32 = 8;
 /// Workers doing the async run's jobs.
 pub const WORKERS: usize = 2;
+/// The steady runs' arrival rate, jobs per second: half the sync tier's
+/// ceiling (CONCURRENCY / JOB_MIN_MS), so it keeps up too (its requests
+/// last the job plus the export's work, 1.1 to 1.4 s here: at three
+/// quarters of the ceiling the 64 slots filled and the driver refused a
+/// few).
+pub const RATE: f64 = CONCURRENCY as f64 * 1000.0 / JOB_MIN_MS as f64 * 0.5;
 
 /// What the experiment saw.
 #[derive(Debug, Clone)]
 pub struct AnswerAtOnce {
-    /// The async run.
+    /// The async run, flat out.
     pub async_run: LoadReport,
-    /// The sync run.
+    /// The sync run, flat out.
     pub sync_run: LoadReport,
-    /// Jobs still waiting in the queue after the async run.
+    /// The async run at [`RATE`].
+    pub async_steady: LoadReport,
+    /// The sync run at [`RATE`].
+    pub sync_steady: LoadReport,
+    /// Jobs still waiting in the queue after both async runs.
     pub backlog: u64,
-    /// Jobs the workers finished during the async run.
+    /// Jobs the workers finished during both async runs.
     pub done_meanwhile: u64,
 }
 
@@ -85,6 +105,25 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<AnswerAtOnce> {
     )
     .await?;
     let cmp = "answer at once: POST /jobs while each job takes 1 s (64 clients)";
+    let steady_cmp = format!(
+        "answer at once: POST /jobs at a steady {RATE:.0} jobs/s, each job 1 s ({CONCURRENCY} in flight at most)"
+    );
+    let steady = Load::Open {
+        rate: RATE,
+        duration: secs,
+        max_in_flight: CONCURRENCY,
+    };
+    let flat_out = Load::closed(CONCURRENCY, secs);
+    let async_steady = jobs_load(
+        demo,
+        &steady_cmp,
+        "POST /jobs, JOBS=async",
+        &async_cluster.lb_url(),
+        &users,
+        202,
+        steady,
+    )
+    .await?;
     let async_run = jobs_load(
         demo,
         cmp,
@@ -92,12 +131,22 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<AnswerAtOnce> {
         &async_cluster.lb_url(),
         &users,
         202,
-        secs,
+        flat_out,
     )
     .await?;
     let done_meanwhile = workers.done();
     workers.stop().await;
     let backlog = queue.depth().await?.ready;
+    let sync_steady = jobs_load(
+        demo,
+        &steady_cmp,
+        "POST /jobs, JOBS=sync",
+        &sync_cluster.lb_url(),
+        &users,
+        200,
+        steady,
+    )
+    .await?;
     let sync_run = jobs_load(
         demo,
         cmp,
@@ -105,18 +154,42 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<AnswerAtOnce> {
         &sync_cluster.lb_url(),
         &users,
         200,
-        secs,
+        flat_out,
     )
     .await?;
     async_cluster.stop().await;
     sync_cluster.stop().await;
     demo.forget_queues(&queue_config).await;
 
-    let ratio = sync_run.latency.p99_us as f64 / async_run.latency.p99_us.max(1) as f64;
+    let ratio = sync_steady.latency.p99_us as f64 / async_steady.latency.p99_us.max(1) as f64;
+    let in_flight = |r: &LoadReport| RATE * r.latency.mean_us / 1e6;
     figure(
         Kind::Computed,
         format!(
-            "p99 of the request: sync {} against async {}: {ratio:.0}x (the issue's goal for async: 5 ms or less); the sync p99 is the job's duration ({JOB_MIN_MS} ms stated) plus the work and the wait",
+            "at a steady {RATE:.0} jobs/s, p99 of the request: sync {} against async {}: {ratio:.0}x; in flight on average (rate x mean latency): async {:.1}, sync {:.1}; the sync p99 is the job's duration ({JOB_MIN_MS} ms stated) plus the work",
+            measure::fmt_us(sync_steady.latency.p99_us),
+            measure::fmt_us(async_steady.latency.p99_us),
+            in_flight(&async_steady),
+            in_flight(&sync_steady),
+        ),
+    );
+    demo.results.computed(
+        &steady_cmp,
+        "p99, sync / async",
+        ratio,
+        "x",
+        "how much longer the slowest requests wait when the job is done inside them",
+    );
+    let flat_ratio = sync_run.latency.p99_us as f64 / async_run.latency.p99_us.max(1) as f64;
+    let goal = if async_run.latency.p99_us <= 5_000 {
+        "met"
+    } else {
+        "MISSED"
+    };
+    figure(
+        Kind::Computed,
+        format!(
+            "flat out ({CONCURRENCY} clients, closed loop), p99: sync {} against async {}: {flat_ratio:.0}x (the issue's goal for async at {CONCURRENCY} concurrent, 5 ms or less: {goal}); async's p99 here is its queue of {CONCURRENCY} requests in front of an insert and a confirmed publish each, not a job",
             measure::fmt_us(sync_run.latency.p99_us),
             measure::fmt_us(async_run.latency.p99_us)
         ),
@@ -124,9 +197,9 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<AnswerAtOnce> {
     demo.results.computed(
         cmp,
         "p99, sync / async",
-        ratio,
+        flat_ratio,
         "x",
-        "how much longer the slowest requests wait when the job is done inside them",
+        "the same ratio with every client waiting on the last answer",
     );
     let ceiling = CONCURRENCY as f64 / (JOB_MIN_MS as f64 / 1000.0);
     figure(
@@ -164,7 +237,7 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<AnswerAtOnce> {
     figure(
         Kind::Measured,
         format!(
-            "the async run left {backlog} jobs waiting in RabbitMQ (its own count), the {WORKERS} workers finished {done_meanwhile} meanwhile"
+            "the async runs left {backlog} jobs waiting in RabbitMQ (its own count), the {WORKERS} workers finished {done_meanwhile} meanwhile"
         ),
     );
     figure(
@@ -178,7 +251,7 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<AnswerAtOnce> {
         "async: jobs waiting after the run",
         backlog as f64,
         "jobs",
-        "RabbitMQ's ready count when the load stopped",
+        "RabbitMQ's ready count when the load stopped (both async runs, steady and flat out)",
     );
     demo.results.computed(
         cmp,
@@ -190,14 +263,16 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<AnswerAtOnce> {
     Ok(AnswerAtOnce {
         async_run,
         sync_run,
+        async_steady,
+        sync_steady,
         backlog,
         done_meanwhile,
     })
 }
 
-/// A closed loop of [`CONCURRENCY`] clients posting export jobs through
-/// `base`, each logged in as one of `users` (round robin); an answer other
-/// than `want` counts as failed.
+/// `load` (steady or flat out) of export jobs posted through `base`, each
+/// request logged in as one of `users` (round robin); an answer other than
+/// `want` counts as failed.
 async fn jobs_load(
     demo: &mut Demo,
     cmp: &str,
@@ -205,7 +280,7 @@ async fn jobs_load(
     base: &str,
     users: &[(u64, String)],
     want: u16,
-    secs: Duration,
+    load: Load,
 ) -> anyhow::Result<LoadReport> {
     let mut cookies = Vec::new();
     for (_, u) in users {
@@ -229,7 +304,5 @@ async fn jobs_load(
             }
         })
     };
-    Ok(demo
-        .load_runs(cmp, name, Load::closed(CONCURRENCY, secs), request)
-        .await)
+    Ok(demo.load_runs(cmp, name, load, request).await)
 }

@@ -225,9 +225,14 @@ fn attempt(delivery: &lapin::message::Delivery) -> u32 {
 }
 
 struct Publisher {
-    /// Kept open for the channel's sake (and opens counting channels).
+    /// Kept open for the channel's sake (and opens the counting channel).
     connection: Connection,
     channel: Channel,
+    /// The channel [`RabbitQueue::count`] asks on, opened at its first
+    /// count and kept: opening a channel per count cost each `POST /jobs`
+    /// that refreshed the depth gate milliseconds. `None` after a count
+    /// failed (a missing queue closes the channel it was asked on).
+    counter: Option<Channel>,
 }
 
 /// The queue's publishing side (the frontend) and the door to consumers.
@@ -238,7 +243,8 @@ pub struct RabbitQueue {
     /// One connection and one confirm-mode channel for every publish
     /// (lapin channels take concurrent publishes, each with its own
     /// confirm); `None` after it failed, reopened by the next publish.
-    publisher: tokio::sync::Mutex<Option<Publisher>>,
+    /// Boxed, so [`crate::queue::AnyQueue`]'s variants stay of a size.
+    publisher: tokio::sync::Mutex<Option<Box<Publisher>>>,
 }
 
 impl RabbitQueue {
@@ -273,10 +279,11 @@ impl RabbitQueue {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(other)?;
-        *publisher = Some(Publisher {
+        *publisher = Some(Box::new(Publisher {
             connection,
             channel: channel.clone(),
-        });
+            counter: None,
+        }));
         Ok(channel)
     }
 
@@ -331,17 +338,25 @@ impl RabbitQueue {
     }
 
     /// How many messages wait in `queue` (a passive declare, on a channel
-    /// of its own: a missing queue closes the channel it was asked on).
+    /// of its own, not the publishing one: a missing queue closes the
+    /// channel it was asked on).
     async fn count(&self, queue: &str) -> Result<u64, QueueError> {
         self.channel().await?; // connected, or the broker's error
-        let connection_channel = {
-            let publisher = self.publisher.lock().await;
+        let counter = {
+            let mut publisher = self.publisher.lock().await;
             let p = publisher
-                .as_ref()
+                .as_mut()
                 .ok_or_else(|| other("the publisher's connection closed"))?;
-            p.connection.create_channel().await.map_err(other)?
+            match &p.counter {
+                Some(c) if c.status().connected() => c.clone(),
+                _ => {
+                    let c = p.connection.create_channel().await.map_err(other)?;
+                    p.counter = Some(c.clone());
+                    c
+                }
+            }
         };
-        let declared = connection_channel
+        let declared = counter
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -350,10 +365,21 @@ impl RabbitQueue {
                 },
                 FieldTable::default(),
             )
-            .await
-            .map_err(other)?;
-        let _ = connection_channel.close(200, "counted".into()).await;
-        Ok(u64::from(declared.message_count()))
+            .await;
+        match declared {
+            Ok(declared) => Ok(u64::from(declared.message_count())),
+            Err(e) => {
+                // Only the channel that failed: another count may have
+                // opened a new one meanwhile. (Counts running on the
+                // failed channel fail with it: they are asked again.)
+                if let Some(p) = self.publisher.lock().await.as_mut()
+                    && p.counter.as_ref().map(Channel::id) == Some(counter.id())
+                {
+                    p.counter = None;
+                }
+                Err(other(e))
+            }
+        }
     }
 }
 
@@ -379,6 +405,10 @@ impl JobQueue for RabbitQueue {
             dead: self.count(&self.topology.dead).await? + parked,
             parked,
         })
+    }
+
+    async fn ready(&self) -> Result<u64, QueueError> {
+        self.count(&self.topology.queue).await
     }
 
     async fn dead_letters(&self, name: &str) -> Result<DeadLetters, QueueError> {
@@ -497,7 +527,7 @@ impl RabbitConsumer {
                 Ok(acker)
             }
             Handle::RabbitMq { .. } => Err(QueueError::Stale),
-            Handle::Redis => Err(other("a Redis delivery cannot be settled on RabbitMQ")),
+            Handle::Redis { .. } => Err(other("a Redis delivery cannot be settled on RabbitMQ")),
         }
     }
 

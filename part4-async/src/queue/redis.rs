@@ -10,8 +10,18 @@
 //! producer:  LPUSH  <q>:queue job
 //! consumer:  BLMOVE <q>:queue <q>:processing:<consumer> RIGHT LEFT <timeout>
 //!            ... work, commit the effect ...
-//!            LREM   <q>:processing:<consumer> 1 job          (the ack)
+//!            LREM   <q>:processing:<consumer> -1 job         (the ack)
 //! ```
+//!
+//! With `PREFETCH` above 1 a consumer takes up to that many jobs in one
+//! round trip when the queue has them (a Lua loop of `LMOVE`, the `TAKE` script),
+//! and hands them out one at a time; `BLMOVE` is only for an empty queue.
+//! Like RabbitMQ's prefetch, it trades fairness for throughput: jobs taken
+//! are held by this consumer (and given back if it dies) while another
+//! may sit idle, so the workers keep 1 for long jobs. A delivery is counted
+//! when a job is taken: a graceful stop takes back the counts of jobs it
+//! never handed out, but a crash charges every job the consumer held (at
+//! most `PREFETCH`, capped at 1,000 per take).
 //!
 //! What the broker does for RabbitMQ, we do here:
 //!
@@ -155,6 +165,93 @@ end
 return moved
 ";
 
+/// How Redis reads a job's id (shared by [`TAKE`] and [`COUNT`]: one
+/// parser decides which id a delivery is counted under, and the Rust side
+/// reuses the id these scripts return). `''` when the body has none.
+macro_rules! lua_job_id {
+    () => {
+        r"
+local function job_id(job)
+  local ok, decoded = pcall(cjson.decode, job)
+  if ok and type(decoded) == 'table' and type(decoded.id) == 'string' then
+    return decoded.id
+  end
+  return ''
+end
+"
+    };
+}
+
+/// A batch: move up to `ARGV[1]` jobs from the queue into our processing
+/// list in one round trip, oldest first, and count a delivery of each in
+/// `<q>:deliveries` by its id (what `prefetch` buys on Redis: one trip for
+/// many jobs instead of one each). Answers `body, count, id` triples; a
+/// body with no id counts as a first delivery, under "". Never blocks:
+/// an empty queue answers an empty list and the consumer falls back to
+/// `BLMOVE`.
+const TAKE: &str = concat!(
+    lua_job_id!(),
+    r"
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not job then break end
+  local id = job_id(job)
+  local n = 1
+  if id ~= '' then n = redis.call('HINCRBY', KEYS[3], id, 1) end
+  taken[#taken + 1] = job
+  taken[#taken + 1] = n
+  taken[#taken + 1] = id
+end
+return taken
+"
+);
+
+/// Counts the delivery of one job a `BLMOVE` just moved: answers `count,
+/// id`, as [`TAKE`] does for each of its jobs.
+const COUNT: &str = concat!(
+    lua_job_id!(),
+    r"
+local id = job_id(ARGV[1])
+local n = 1
+if id ~= '' then n = redis.call('HINCRBY', KEYS[1], id, 1) end
+return {n, id}
+"
+);
+
+/// A graceful stop's accounting: jobs we took but never handed out were
+/// not delivered to anyone, so their counts go back down (`ARGV` holds
+/// their ids) before [`RETURN_ALL`] gives them back.
+const UNCOUNT: &str = r"
+for _, id in ipairs(ARGV) do
+  if id ~= '' and redis.call('HINCRBY', KEYS[1], id, -1) <= 0 then
+    redis.call('HDEL', KEYS[1], id)
+  end
+end
+return #ARGV
+";
+
+/// The most jobs one [`TAKE`] moves, whatever `PREFETCH` says: a Lua call
+/// holds Redis (and the lab's cache on it) for its whole length.
+const TAKE_MAX: usize = 1000;
+
+/// The ack: take the job out of our processing list (searching from the
+/// tail, where the oldest job we hold sits) and forget its delivery count.
+/// If the reaper already gave it back, remove nothing and keep the count:
+/// the redelivery must still be counted.
+const ACK: &str = r"
+local removed = redis.call('LREM', KEYS[1], -1, ARGV[1])
+if removed > 0 and ARGV[2] ~= '' then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+end
+return removed
+";
+
+/// [`TAKE`], [`COUNT`] and [`ACK`], hashed once (each call sends only the hash).
+static TAKE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(TAKE));
+static COUNT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(COUNT));
+static ACK_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(ACK));
+
 /// Requeue or dead-letter: take the job out of our processing list and, if
 /// it was still there, push it to the back of `KEYS[2]`. If the reaper
 /// already gave it back (we were thought dead), do nothing: pushing it
@@ -182,6 +279,15 @@ fn other(e: impl std::fmt::Display) -> QueueError {
     QueueError::Other {
         backend: "Redis",
         reason: e.to_string(),
+    }
+}
+
+/// The id `delivery`'s deliveries are counted under ("" for none, or for
+/// a delivery of another backend).
+fn counted(delivery: &Delivery) -> &str {
+    match &delivery.handle {
+        Handle::Redis { counted } => counted,
+        Handle::RabbitMq { .. } => "",
     }
 }
 
@@ -320,6 +426,14 @@ impl JobQueue for RedisQueue {
         })
     }
 
+    async fn ready(&self) -> Result<u64, QueueError> {
+        self.conn
+            .clone()
+            .llen(&self.keys.queue)
+            .await
+            .map_err(other)
+    }
+
     async fn dead_letters(&self, _name: &str) -> Result<DeadLetters, QueueError> {
         Ok(DeadLetters::Redis(RedisDeadLetters {
             conn: self.conn.clone(),
@@ -350,6 +464,8 @@ impl JobQueue for RedisQueue {
             id,
             keys: self.keys.clone(),
             max_deliveries: self.config.max_deliveries.max(1),
+            prefetch: usize::from(self.config.prefetch.max(1)).min(TAKE_MAX),
+            taken: std::collections::VecDeque::new(),
             conn,
             blocking,
             heartbeat,
@@ -438,8 +554,13 @@ pub struct RedisConsumer {
     keys: Keys,
     processing: String,
     max_deliveries: u32,
+    /// Jobs taken per round trip when the queue has them (`PREFETCH`).
+    prefetch: usize,
+    /// Taken (in our processing list, counted) and not handed out yet.
+    taken: std::collections::VecDeque<Delivery>,
     conn: ConnectionManager,
-    /// For BLMOVE only (see the module docs' pitfalls).
+    /// For the consumer's side alone: BLMOVE, and the take and count
+    /// scripts beside it (see the module docs' pitfalls).
     blocking: ConnectionManager,
     heartbeat: tokio::task::JoinHandle<()>,
     /// Deliveries handed out and not yet settled.
@@ -479,61 +600,78 @@ impl RedisConsumer {
         Ok(())
     }
 
-    /// Waits for one job: BLMOVE it into our processing list, count the
-    /// delivery, and dead-letter it if it is past the limit.
+    /// Waits for one job. From what we took earlier if we hold any;
+    /// otherwise a batch of up to `prefetch` in one round trip ([`TAKE`]),
+    /// or, with the queue empty, a `BLMOVE` of one. Every job taken has its
+    /// delivery counted; one past the limit is dead-lettered instead.
     async fn take(&mut self, wait: Duration) -> Result<Option<Delivery>, QueueError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Ok(None);
+            if let Some(delivery) = self.taken.pop_front() {
+                if delivery.attempt > self.max_deliveries {
+                    // Delivered too often (its consumers kept dying): the
+                    // queue gives up on it, as RabbitMQ's delivery limit
+                    // does.
+                    tracing::warn!(consumer = %self.id, attempt = delivery.attempt, "delivery limit passed: dead-lettering");
+                    let dead = self.keys.dead.clone();
+                    self.move_to(&delivery, &dead, true).await?;
+                    continue;
+                }
+                return Ok(Some(delivery));
             }
-            // BLMOVE's timeout 0 would mean "forever": never below 10 ms.
-            let seconds = left.as_secs_f64().max(0.01);
-            let moved: Option<Vec<u8>> = redis::cmd("BLMOVE")
-                .arg(&self.keys.queue)
-                .arg(&self.processing)
-                .arg("RIGHT")
-                .arg("LEFT")
-                .arg(seconds)
-                .query_async(&mut self.blocking)
+            let taken: Vec<(Vec<u8>, u64, String)> = TAKE_SCRIPT
+                .key(&self.keys.queue)
+                .key(&self.processing)
+                .key(&self.keys.deliveries)
+                .arg(self.prefetch)
+                .invoke_async(&mut self.blocking)
                 .await
                 .map_err(other)?;
-            let Some(body) = moved else {
-                return Ok(None);
-            };
-            let envelope = Envelope::decode(&body);
-            let attempt = match &envelope {
+            if taken.is_empty() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                // BLMOVE's timeout 0 would mean "forever": never below 10 ms.
+                let seconds = left.as_secs_f64().max(0.01);
+                let moved: Option<Vec<u8>> = redis::cmd("BLMOVE")
+                    .arg(&self.keys.queue)
+                    .arg(&self.processing)
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .arg(seconds)
+                    .query_async(&mut self.blocking)
+                    .await
+                    .map_err(other)?;
+                let Some(body) = moved else {
+                    return Ok(None);
+                };
                 // On the connection that just answered: the job is in our
                 // processing list now, and an error here would strand it
                 // there until the stray check.
-                Ok(e) => {
-                    let n: u64 = self
-                        .blocking
-                        .hincr(&self.keys.deliveries, e.id.as_str(), 1)
-                        .await
-                        .map_err(other)?;
-                    u32::try_from(n).unwrap_or(u32::MAX)
-                }
-                // Garbage has no id to count by; the worker dead-letters it
-                // on its first delivery anyway.
-                Err(_) => 1,
-            };
-            let delivery = Delivery {
-                envelope,
-                body,
-                attempt,
-                handle: Handle::Redis,
-            };
-            if attempt > self.max_deliveries {
-                // Delivered too often (its consumers kept dying): the
-                // queue gives up on it, as RabbitMQ's delivery limit does.
-                tracing::warn!(consumer = %self.id, attempt, "delivery limit passed: dead-lettering");
-                let dead = self.keys.dead.clone();
-                self.move_to(&delivery, &dead, true).await?;
-                continue;
+                let (attempt, id): (u64, String) = COUNT_SCRIPT
+                    .key(&self.keys.deliveries)
+                    .arg(&body[..])
+                    .invoke_async(&mut self.blocking)
+                    .await
+                    .map_err(other)?;
+                self.keep(vec![(body, attempt, id)]);
+            } else {
+                self.keep(taken);
             }
-            return Ok(Some(delivery));
+        }
+    }
+
+    /// Keeps jobs taken (now in our processing list, counted), oldest
+    /// first, to hand out one at a time.
+    fn keep(&mut self, taken: Vec<(Vec<u8>, u64, String)>) {
+        for (body, count, counted) in taken {
+            self.taken.push_back(Delivery {
+                envelope: Envelope::decode(&body),
+                attempt: u32::try_from(count).unwrap_or(u32::MAX),
+                body,
+                handle: Handle::Redis { counted },
+            });
         }
     }
 
@@ -555,11 +693,7 @@ impl RedisConsumer {
         to: &str,
         forget: bool,
     ) -> Result<(), QueueError> {
-        let id = delivery
-            .envelope
-            .as_ref()
-            .map(|e| e.id.as_str().to_owned())
-            .unwrap_or_default();
+        let id = counted(delivery);
         let script = Script::new(MOVE);
         let mut invocation = script.prepare_invoke();
         invocation
@@ -583,7 +717,7 @@ impl RedisConsumer {
 
 impl JobConsumer for RedisConsumer {
     async fn next(&mut self, wait: Duration) -> Result<Option<Delivery>, QueueError> {
-        if self.suspect && self.outstanding == 0 {
+        if self.suspect && self.outstanding == 0 && self.taken.is_empty() {
             self.return_strays().await?;
         }
         let result = self.take(wait).await;
@@ -596,24 +730,22 @@ impl JobConsumer for RedisConsumer {
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
-        let id = delivery
-            .envelope
-            .as_ref()
-            .map(|e| e.id.as_str().to_owned())
-            .unwrap_or_default();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .lrem(&self.processing, 1, &delivery.body[..])
-            .hdel(&self.keys.deliveries, id);
-        let result: Result<(u32, u32), _> = retry_once(&mut self.conn, |mut conn| {
-            let pipe = &pipe;
-            async move { pipe.query_async(&mut conn).await }
+        let id = counted(delivery);
+        let mut invocation = ACK_SCRIPT.prepare_invoke();
+        invocation
+            .key(&self.processing)
+            .key(&self.keys.deliveries)
+            .arg(&delivery.body[..])
+            .arg(id);
+        let result: Result<u32, _> = retry_once(&mut self.conn, |mut conn| {
+            let invocation = &invocation;
+            async move { invocation.invoke_async(&mut conn).await }
         })
         .await;
         match self.let_go(result)? {
             // The reaper gave it back while we worked (our heartbeat
             // lapsed): someone will do it again, and find the claim.
-            (0, _) => Err(QueueError::Stale),
+            0 => Err(QueueError::Stale),
             _ => Ok(()),
         }
     }
@@ -642,6 +774,15 @@ impl JobConsumer for RedisConsumer {
 
     async fn close(mut self) -> Result<(), QueueError> {
         self.heartbeat.abort();
+        if !self.taken.is_empty() {
+            let ids: Vec<&str> = self.taken.iter().map(counted).collect();
+            let _: u64 = Script::new(UNCOUNT)
+                .key(&self.keys.deliveries)
+                .arg(ids)
+                .invoke_async(&mut self.conn)
+                .await
+                .map_err(other)?;
+        }
         let moved: u64 = Script::new(RETURN_ALL)
             .key(&self.processing)
             .key(&self.keys.queue)

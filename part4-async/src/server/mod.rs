@@ -361,7 +361,7 @@ impl DepthGate {
         {
             return Ok(n);
         }
-        let n = queue.depth().await?.ready;
+        let n = queue.ready().await?;
         *last = Some((tokio::time::Instant::now(), n));
         Ok(n)
     }

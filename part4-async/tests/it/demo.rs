@@ -53,9 +53,15 @@ async fn answer_at_once_accepts_every_job() {
     let r = answer_at_once::run(&mut d).await.unwrap();
     assert!(r.async_run.requests > 0);
     assert_eq!(r.async_run.errors, 0, "{:?}", r.async_run.first_errors);
-    assert!(r.sync_run.requests > 0);
+    assert!(r.async_steady.requests > 0);
+    assert_eq!(
+        r.async_steady.errors, 0,
+        "{:?}",
+        r.async_steady.first_errors
+    );
+    assert!(r.sync_run.requests > 0 && r.sync_steady.requests > 0);
     // Every accepted job is either still waiting or was done.
-    assert!(r.backlog + r.done_meanwhile <= r.async_run.requests);
+    assert!(r.backlog + r.done_meanwhile <= r.async_run.requests + r.async_steady.requests);
     done(d).await;
 }
 

@@ -172,3 +172,42 @@ async fn restart_with_appendfsync_always_loses_nothing() {
     assert_eq!(count.after_restart, 50);
     assert_eq!(count.lost, 0);
 }
+
+/// `PREFETCH` on Redis: one round trip takes every job up to the prefetch
+/// (all of them in the consumer's processing list at once, each delivery
+/// counted once), they are handed out oldest first, and a graceful close
+/// gives back the ones never handed out, in their order.
+#[tokio::test]
+async fn a_prefetching_consumer_takes_a_batch_and_gives_back_what_it_did_not_hand_out() {
+    let mut config = support::config(Backend::Redis);
+    config.prefetch = 10;
+    let queue = support::redis_with(config).await;
+    let jobs: Vec<_> = (0..5).map(|_| support::envelope("export")).collect();
+    for job in &jobs {
+        queue.enqueue(job).await.unwrap();
+    }
+    let mut consumer = queue.consume("batch").await.unwrap();
+    let first = consumer.next(DEADLINE).await.unwrap().unwrap();
+    // One take moved all five: none left waiting.
+    assert_eq!(queue.ready().await.unwrap(), 0);
+    assert_eq!(first.envelope.as_ref().unwrap().id, jobs[0].id);
+    assert_eq!(first.attempt, 1);
+    let second = consumer.next(DEADLINE).await.unwrap().unwrap();
+    assert_eq!(second.envelope.as_ref().unwrap().id, jobs[1].id);
+    consumer.ack(&first).await.unwrap();
+    consumer.ack(&second).await.unwrap();
+    // Three taken, never handed out: back to the queue on close, oldest
+    // first, and not charged: the next consumer sees first deliveries.
+    consumer.close().await.unwrap();
+    assert_eq!(queue.ready().await.unwrap(), 3);
+    let mut next = queue.consume("after").await.unwrap();
+    for job in &jobs[2..] {
+        let d = next.next(DEADLINE).await.unwrap().unwrap();
+        assert_eq!(d.envelope.as_ref().unwrap().id, job.id);
+        assert_eq!(d.attempt, 1, "never handed out by the closed consumer");
+        next.ack(&d).await.unwrap();
+    }
+    support::depth_becomes(&queue, 0, 0).await;
+    next.close().await.unwrap();
+    queue.destroy().await.unwrap();
+}
