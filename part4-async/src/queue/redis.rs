@@ -619,14 +619,21 @@ impl RedisConsumer {
                 }
                 return Ok(Some(delivery));
             }
-            let taken: Vec<(Vec<u8>, u64, String)> = TAKE_SCRIPT
-                .key(&self.keys.queue)
-                .key(&self.processing)
-                .key(&self.keys.deliveries)
-                .arg(self.prefetch)
-                .invoke_async(&mut self.blocking)
-                .await
-                .map_err(other)?;
+            // A batch of one is what BLMOVE below does anyway (it answers
+            // at once when the queue has a job): with PREFETCH 1, the
+            // workers' setting, an idle poll stays one round trip.
+            let taken: Vec<(Vec<u8>, u64, String)> = if self.prefetch > 1 {
+                TAKE_SCRIPT
+                    .key(&self.keys.queue)
+                    .key(&self.processing)
+                    .key(&self.keys.deliveries)
+                    .arg(self.prefetch)
+                    .invoke_async(&mut self.blocking)
+                    .await
+                    .map_err(other)?
+            } else {
+                Vec::new()
+            };
             if taken.is_empty() {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if left.is_zero() {
