@@ -159,21 +159,21 @@ impl<Q: JobQueue> Rig<Q> {
         };
         let run = async {
             publish.await.context("publishing")?;
-            let mut finished = None;
+            // The last consumer's acks reaching the queue ends the run.
+            let mut finished: Option<Instant> = None;
             let mut failure = None;
             for task in tasks {
                 let (consumer, outcome) = task.await.context("a consumer task panicked")?;
                 self.consumers.push(consumer);
                 match outcome {
-                    Ok(Some(at)) => finished = Some(at),
-                    Ok(None) => {}
+                    Ok(at) => finished = finished.max(Some(at)),
                     Err(e) => failure = Some(e),
                 }
             }
             if let Some(e) = failure {
                 return Err(e);
             }
-            finished.context("no consumer saw the last job")
+            finished.context("no consumer ran")
         };
         let finished = tokio::time::timeout(PUMP_TIMEOUT, run)
             .await
@@ -199,22 +199,36 @@ impl<Q: JobQueue> Rig<Q> {
 }
 
 /// One consumer's loop: take, ack, count, until `n` jobs are acked by all
-/// consumers together. Returns when this consumer acked the `n`th.
+/// consumers together. Returns when its acks had all reached the queue: a
+/// Redis consumer with prefetch above 1 keeps its acks and sends them
+/// with its next call for jobs. A poll that came back empty went to the
+/// queue, so it sent them as it started; a consumer whose last step was
+/// an ack makes one more call (the queue is empty by then: it answers
+/// nothing at once) before the clock reads.
 async fn consume<C: JobConsumer>(
     consumer: &mut C,
     acked: &AtomicU64,
     n: u64,
-) -> anyhow::Result<Option<Instant>> {
+) -> anyhow::Result<Instant> {
+    let mut sent_at = None;
     while acked.load(Ordering::Relaxed) < n {
+        let polled = Instant::now();
         let Some(delivery) = consumer.next(POLL).await? else {
+            sent_at = Some(polled);
             continue;
         };
         consumer.ack(&delivery).await?;
-        if acked.fetch_add(1, Ordering::Relaxed) + 1 == n {
-            return Ok(Some(Instant::now()));
-        }
+        acked.fetch_add(1, Ordering::Relaxed);
+        sent_at = None;
     }
-    Ok(None)
+    if let Some(at) = sent_at {
+        return Ok(at);
+    }
+    anyhow::ensure!(
+        consumer.next(Duration::ZERO).await?.is_none(),
+        "a job beyond the {n} published"
+    );
+    Ok(Instant::now())
 }
 
 /// Jobs per second: `n` jobs in `elapsed` (computed from the two).

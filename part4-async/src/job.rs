@@ -401,10 +401,20 @@ impl JobStore {
             }
             Err(e) => return Err(e).context("inserting a job"),
         }
-        let job = self
-            .get(&id)
-            .await?
-            .context("the job just inserted is not there")?;
+        // The row as inserted (the schema's defaults for the rest): no
+        // second round trip to read back what this call just wrote.
+        let job = Job {
+            id,
+            owner_id,
+            kind: kind.as_str().to_owned(),
+            params: params.clone(),
+            status: JobStatus::Queued,
+            progress: 0,
+            error: None,
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+        };
         Ok((job, true))
     }
 
@@ -631,6 +641,29 @@ impl JobStore {
                 .await
                 .with_context(|| format!("recording that job {id} was published"))?;
         Ok(set.rows_affected() == 1)
+    }
+
+    /// [`JobStore::mark_published`] for many jobs in one statement (one
+    /// commit, so one flush of the log to disk instead of one per job);
+    /// returns how many rows it set.
+    pub async fn mark_published_many(&self, ids: &[JobId]) -> anyhow::Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut q = sqlx::QueryBuilder::<sqlx::MySql>::new("UPDATE jobs SET published_at = ");
+        q.push_bind(now_ms());
+        q.push(" WHERE published_at IS NULL AND id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(id.as_str());
+        }
+        q.push(")");
+        let set = q
+            .build()
+            .execute(&self.pool)
+            .await
+            .with_context(|| format!("recording that {} jobs were published", ids.len()))?;
+        Ok(set.rows_affected())
     }
 
     /// When a publish of the job was first confirmed (ms since the

@@ -66,9 +66,11 @@
 //!   after the broker's confirm but before writing `published_at` (the
 //!   write is off the request's path), or a sweeper that died after its
 //!   publish. The effect happens once whatever the copies (the claim), and
-//!   a copy that finds its row finished is acked without work. (The other
-//!   fix is an outbox: the envelope written in the row's transaction and
-//!   published from the table.)
+//!   a copy that finds its row finished is acked without work. (The row
+//!   written before any publish makes the jobs table an outbox: with the
+//!   server's default `ANSWER=after-insert` the clone answers after the
+//!   insert and publishes right after, and this sweeper is what publishes
+//!   a row whose publish failed or never happened.)
 //!
 //! Tests run one pass of each ([`Worker::watch_dead_letters`],
 //! [`Worker::sweep`]).

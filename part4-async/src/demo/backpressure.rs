@@ -5,10 +5,12 @@
 //! [`CONCURRENCY`] at a time. Counted: the answers (`202`, and `503` with
 //! a `Retry-After` header), the queue's depth by the broker's own count,
 //! and the rows the refused requests left (jobs of the user beyond the
-//! accepted ones: none). The server reads the depth from the broker at
-//! most every `DEPTH_CHECK_MS` (100 ms, the default) and adds its own
-//! enqueues to that reading, so concurrent requests can overshoot the
-//! limit a little: the overshoot is counted too.
+//! accepted ones: none). A task of the server reads the depth from the
+//! broker every `DEPTH_CHECK_MS` (100 ms, the default) and the server adds
+//! the jobs it accepts to that reading, so concurrent requests can
+//! overshoot the limit a little (by what another clone accepted, or what
+//! was being published when the reading was taken): the overshoot is
+//! counted too.
 //!
 //! Run it alone: `DEMO_ONLY=7 cargo run -p part4-async --bin part4-demo`.
 
@@ -19,8 +21,8 @@ use common::demo::figure;
 use common::measure::{self, Load};
 use common::results::Kind;
 
-use super::{Demo, login, post_job};
-use crate::queue::{Backend, JobQueue};
+use super::{Demo, login, post_job, settled_ready};
+use crate::queue::Backend;
 
 /// The limit.
 pub const MAX_QUEUE_DEPTH: u64 = 20;
@@ -102,7 +104,7 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<Backpressure> {
             max_requests: Some(POSTS),
         };
         measure::run_load("POST /jobs past the limit", load, request).await;
-        let depth = queue.depth().await?.ready;
+        let depth = settled_ready(&queue).await?;
         let accepted = counts[0].load(Ordering::Relaxed);
         let after = store.count_for(user_id).await?;
         let refusal_p50_us = refusals.lock().map_or(0, |l| l.summary().p50_us);

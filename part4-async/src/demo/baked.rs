@@ -120,10 +120,12 @@ impl PrivateNginx {
             .replace("@RESOLVER@", "")
             .replace("@APP@", "http://app");
         let d = dir.display();
-        // One process (`master_process off`): killed on drop, nginx leaves no
-        // orphaned worker behind, as a master killed with SIGKILL would.
+        // A worker per core (`auto`), as nginx is run in production: one
+        // worker is one core, and the load generator shares the machine.
+        // The master stops its workers on SIGTERM (`terminate`, also on
+        // drop).
         let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log warn;\n\
+            "daemon off;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log warn;\n\
              events {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n\
              client_body_temp_path {d}/tmp/body;\n    proxy_temp_path {d}/tmp/proxy;\n\
              fastcgi_temp_path {d}/tmp/fastcgi;\n    uwsgi_temp_path {d}/tmp/uwsgi;\n\

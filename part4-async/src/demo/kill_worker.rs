@@ -15,16 +15,15 @@
 //!
 //! Run it alone: `DEMO_ONLY=3 cargo run -p part4-async --bin part4-demo`.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::demo::figure;
 use common::results::Kind;
 
-use super::{Demo, all_finished, effects, statuses};
+use super::{Demo, all_finished, effects, spawn_worker, statuses};
 use crate::job::{JobId, JobStatus};
-use crate::queue::{Backend, QueueConfig};
+use crate::queue::Backend;
 
 /// Jobs queued in each drill.
 pub const JOBS: usize = 5;
@@ -98,35 +97,6 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<Vec<KillDrill>> {
         );
     }
     Ok(drills)
-}
-
-/// A `part4-worker` process on `config`'s queue and the demo's database.
-fn spawn_worker(
-    demo: &Demo,
-    config: &QueueConfig,
-    name: &str,
-    job_min_ms: u64,
-) -> anyhow::Result<tokio::process::Child> {
-    let bin = demo.bin.with_file_name("part4-worker");
-    tokio::process::Command::new(&bin)
-        .env("MARIADB_PRIMARY_URL", &demo.primary_url)
-        .env("RABBITMQ_URL", &demo.stack().rabbitmq_url)
-        .env("REDIS_URL", &demo.stack().redis_url)
-        .env("QUEUE", config.backend.as_str())
-        .env("QUEUE_NAME", &config.queue_name)
-        .env("CONSUMER_TTL_MS", config.consumer_ttl_ms.to_string())
-        .env("JOB_MIN_MS", job_min_ms.to_string())
-        .env("WORKER_NAME", name)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (build it: cargo build -p part4-async --bins)",
-                bin.display()
-            )
-        })
 }
 
 async fn drill(demo: &Demo, backend: Backend, owner: u64) -> anyhow::Result<KillDrill> {

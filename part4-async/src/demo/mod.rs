@@ -508,6 +508,75 @@ impl Workers {
     }
 }
 
+/// A `part4-worker` process on `config`'s queue and the demo's database
+/// (its `SHUTDOWN_GRACE_MS` 0: on SIGTERM, [`stop_worker`], it puts the
+/// job in hand back at once), killed if dropped.
+pub fn spawn_worker(
+    demo: &Demo,
+    config: &QueueConfig,
+    name: &str,
+    job_min_ms: u64,
+) -> anyhow::Result<tokio::process::Child> {
+    let bin = demo.bin.with_file_name("part4-worker");
+    tokio::process::Command::new(&bin)
+        .env("MARIADB_PRIMARY_URL", &demo.primary_url)
+        .env("RABBITMQ_URL", &demo.stack().rabbitmq_url)
+        .env("REDIS_URL", &demo.stack().redis_url)
+        .env("QUEUE", config.backend.as_str())
+        .env("QUEUE_NAME", &config.queue_name)
+        .env("CONSUMER_TTL_MS", config.consumer_ttl_ms.to_string())
+        .env("JOB_MIN_MS", job_min_ms.to_string())
+        .env("WORKER_NAME", name)
+        .env("SHUTDOWN_GRACE_MS", "0")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it: cargo build -p part4-async --bins)",
+                bin.display()
+            )
+        })
+}
+
+/// The queue's ready count once it stops moving: with `ANSWER=after-insert`
+/// the last `202`s' publishes may still be on their way when the load
+/// ends. Read every 100 ms until two readings agree (at most 5 s).
+pub async fn settled_ready(queue: &AnyQueue) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = queue.depth().await?.ready;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = queue.depth().await?.ready;
+        if now == last || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// Stops a [`spawn_worker`] process gracefully (SIGTERM: the job in hand
+/// goes back to the queue) and waits for it; SIGKILL after 15 s.
+pub async fn stop_worker(mut child: tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // tokio's Child can only SIGKILL; kill(1) sends the SIGTERM.
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("a demo worker did not stop within 15 s of SIGTERM: killed");
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
 /// A `part4-server` running inside the demo (for the drills that point
 /// it at a private broker), stopped when dropped or by [`Server::stop`].
 pub struct Server {

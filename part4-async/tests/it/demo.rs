@@ -61,7 +61,15 @@ async fn answer_at_once_accepts_every_job() {
     );
     assert!(r.sync_run.requests > 0 && r.sync_steady.requests > 0);
     // Every accepted job is either still waiting or was done.
-    assert!(r.backlog + r.done_meanwhile <= r.async_run.requests + r.async_steady.requests);
+    assert_eq!(
+        r.confirm_steady.errors, 0,
+        "{:?}",
+        r.confirm_steady.first_errors
+    );
+    assert!(
+        r.backlog + r.done_meanwhile
+            <= r.async_run.requests + r.async_steady.requests + r.confirm_steady.requests
+    );
     done(d).await;
 }
 

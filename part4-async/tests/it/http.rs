@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::testing::{self, prometheus};
 use part4_async::job::{JobId, JobStatus};
 use part4_async::queue::{AnyQueue, Backend, JobQueue, QueueConfig};
-use part4_async::server::{JobsMode, Part4Config};
+use part4_async::server::{AnswerMode, JobsMode, Part4Config};
 use part4_async::worker::{Swept, Worker, WorkerConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -245,7 +245,8 @@ async fn accepted_then_done(backend: Backend) {
     assert_eq!(got.header("location"), Some(format!("/jobs/{id}").as_str()));
     assert_eq!(job["status"], "queued");
     assert_eq!(job["kind"], "export");
-    assert_eq!(lab.waiting().await, 1, "one job on the queue");
+    // On the queue (published just after the answer: ANSWER=after-insert).
+    support::depth_becomes(lab.queue(), 1, 0).await;
 
     // Not done yet: no result.
     let early = send(
@@ -369,7 +370,8 @@ async fn idempotent_retry(backend: Backend) {
             .status,
         401
     );
-    assert_eq!(lab.waiting().await, 2, "ada's job once, and bob's");
+    // Ada's job once, and Bob's.
+    support::depth_becomes(lab.queue(), 2, 0).await;
     lab.stop().await;
 }
 
@@ -398,7 +400,7 @@ async fn concurrent_retries_with_one_key_make_one_job() {
         .collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(lab.jobs_of_ada().await, 1);
-    assert_eq!(lab.waiting().await, 1);
+    support::depth_becomes(lab.queue(), 1, 0).await;
     lab.stop().await;
 }
 
@@ -546,10 +548,27 @@ async fn backpressure(backend: Backend) {
         c.retry_after_secs = 7;
     })
     .await;
+    // Each published and confirmed before the next POST reads the depth
+    // (the publish follows the 202; until its confirm the server counts
+    // it apart, and one already on the queue counts twice meanwhile: the
+    // gate errs towards refusing, as the server's docs say).
+    let published = |got: &Got| {
+        let id: JobId = got.json()["id"].as_str().unwrap().parse().unwrap();
+        let store = lab.db.store.clone();
+        async move {
+            support::eventually("the publish confirmed and recorded", || async {
+                store.published_at(&id).await.unwrap().map(drop)
+            })
+            .await;
+        }
+    };
     let key = [("idempotency-key", "first")];
     let first = post_job(&lab, EXPORT, &key).await;
     assert_eq!(first.status, 202);
-    assert_eq!(post_job(&lab, EXPORT, &[]).await.status, 202);
+    published(&first).await;
+    let second = post_job(&lab, EXPORT, &[]).await;
+    assert_eq!(second.status, 202);
+    published(&second).await;
     for _ in 0..3 {
         let refused = post_job(&lab, EXPORT, &[]).await;
         assert_eq!(refused.status, 503, "{}", refused.body);
@@ -568,11 +587,8 @@ async fn backpressure(backend: Backend) {
     let retry = post_job(&lab, EXPORT, &key).await;
     assert_eq!(retry.status, 202);
     assert_eq!(retry.json()["id"], first.json()["id"]);
-    assert_eq!(
-        lab.waiting().await,
-        2,
-        "the queue did not grow past the limit"
-    );
+    // The queue did not grow past the limit.
+    support::depth_becomes(lab.queue(), 2, 0).await;
     assert_eq!(lab.jobs_of_ada().await, 2, "no row for a refused job");
     lab.stop().await;
 }
@@ -643,14 +659,16 @@ async fn redis_a_backlog_is_not_swept_again() {
     backlog_is_not_swept(Backend::Redis).await;
 }
 
-/// The queue goes away between the depth check and the publish (here: it
-/// is deleted, and RabbitMQ returns the mandatory publish unrouted): the
-/// job is marked failed with the reason, never left queued, the answer is
-/// 503, and the key is free for the retry.
+/// `ANSWER=after-confirm`: the queue goes away between the depth check
+/// and the publish (here: it is deleted, and RabbitMQ returns the
+/// mandatory publish unrouted): the job is marked failed with the reason,
+/// never left queued, the answer is 503, and the key is free for the
+/// retry.
 #[tokio::test]
 async fn rabbitmq_a_failed_enqueue_marks_the_job_failed_and_answers_503() {
     let lab = Lab::start(Backend::RabbitMq, JobsMode::Async, |c| {
         c.depth_check_ms = 600_000; // the depth read once, then trusted
+        c.answer = AnswerMode::AfterConfirm;
     })
     .await;
     assert_eq!(post_job(&lab, EXPORT, &[]).await.status, 202);
@@ -670,6 +688,43 @@ async fn rabbitmq_a_failed_enqueue_marks_the_job_failed_and_answers_503() {
     let retry = post_job(&lab, EXPORT, &key).await;
     assert_eq!(retry.status, 503);
     assert_ne!(retry.json()["id"], err["id"]);
+    lab.stop().await;
+}
+
+/// `ANSWER=after-insert` (the default), the same loss of the queue: the
+/// `202` went out before the publish, so the user is told by the row,
+/// which the failed publish marks failed with the reason (never left
+/// queued for a sweeper to send into the void).
+#[tokio::test]
+async fn rabbitmq_a_publish_refused_after_the_answer_marks_the_job_failed() {
+    let lab = Lab::start(Backend::RabbitMq, JobsMode::Async, |c| {
+        c.depth_check_ms = 600_000; // the depth read once, then trusted
+    })
+    .await;
+    let before = post_job(&lab, EXPORT, &[]).await;
+    assert_eq!(before.status, 202, "{}", before.body);
+    let published: JobId = before.json()["id"].as_str().unwrap().parse().unwrap();
+    // Confirmed and recorded, off the request's path.
+    support::eventually("the first job's publish recorded", || async {
+        lab.db
+            .store
+            .published_at(&published)
+            .await
+            .unwrap()
+            .map(drop)
+    })
+    .await;
+    lab.queue().destroy().await.unwrap();
+    let got = post_job(&lab, EXPORT, &[]).await;
+    assert_eq!(got.status, 202, "{}", got.body);
+    let id: JobId = got.json()["id"].as_str().unwrap().parse().unwrap();
+    let row = support::eventually("the unroutable job marked failed", || async {
+        let row = lab.db.store.get(&id).await.unwrap().unwrap();
+        (row.status == JobStatus::Failed).then_some(row)
+    })
+    .await;
+    assert!(row.error.unwrap().contains("could not be queued"));
+    assert_eq!(lab.db.store.published_at(&id).await.unwrap(), None);
     lab.stop().await;
 }
 
@@ -1181,11 +1236,8 @@ async fn rabbitmq_down_gives_a_clear_503_and_the_clone_reconnects() {
         "a new job: the refused one left nothing"
     );
     assert_eq!(lab.jobs_of_ada().await, 2);
-    assert_eq!(
-        lab.waiting().await,
-        2,
-        "both accepted jobs queued, nothing else"
-    );
+    // Both accepted jobs queued, nothing else.
+    support::depth_becomes(lab.queue(), 2, 0).await;
     lab.stop().await;
 }
 

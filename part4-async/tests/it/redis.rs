@@ -173,6 +173,58 @@ async fn restart_with_appendfsync_always_loses_nothing() {
     assert_eq!(count.lost, 0);
 }
 
+/// With `PREFETCH` above 1, acks are kept and sent in one call before the
+/// consumer's next round trip for jobs. A consumer that took again after
+/// its acks leaves nothing for the reaper; one that dies holding kept acks
+/// has those jobs done again (the price the module docs state: each finds
+/// its claim).
+#[tokio::test]
+async fn a_prefetching_consumer_sends_its_acks_with_the_next_take() {
+    /// Reaps for 1.5 s, five times a dead consumer's 300 ms time to live:
+    /// what came back.
+    async fn reaped(queue: &part4_async::queue::redis::RedisQueue) -> u64 {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(1500);
+        let mut n = 0;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            n += queue.reap().await.unwrap();
+        }
+        n
+    }
+    let mut config = support::config(Backend::Redis);
+    config.prefetch = 10;
+    config.consumer_ttl_ms = 300;
+    let queue = support::redis_with(config).await;
+    for _ in 0..2 {
+        queue.enqueue(&support::envelope("export")).await.unwrap();
+    }
+    // Acks kept, then sent by the next take (the queue is empty: it
+    // answers nothing).
+    let mut tidy = queue.consume("tidy").await.unwrap();
+    for _ in 0..2 {
+        let d = tidy.next(DEADLINE).await.unwrap().unwrap();
+        tidy.ack(&d).await.unwrap();
+    }
+    let none = tidy
+        .next(std::time::Duration::from_millis(20))
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    drop(tidy);
+    assert_eq!(reaped(&queue).await, 0, "its acks were sent: nothing held");
+    support::depth_becomes(&queue, 0, 0).await;
+
+    // Acked, and dead before any other call to Redis: the job comes back.
+    queue.enqueue(&support::envelope("export")).await.unwrap();
+    let mut doomed = queue.consume("doomed").await.unwrap();
+    let d = doomed.next(DEADLINE).await.unwrap().unwrap();
+    doomed.ack(&d).await.unwrap();
+    drop(doomed);
+    assert_eq!(reaped(&queue).await, 1, "a kept ack dies with its consumer");
+    support::depth_becomes(&queue, 1, 0).await;
+    queue.destroy().await.unwrap();
+}
+
 /// `PREFETCH` on Redis: one round trip takes every job up to the prefetch
 /// (all of them in the consumer's processing list at once, each delivery
 /// counted once), they are handed out oldest first, and a graceful close
