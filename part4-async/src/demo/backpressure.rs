@@ -6,11 +6,11 @@
 //! a `Retry-After` header), the queue's depth by the broker's own count,
 //! and the rows the refused requests left (jobs of the user beyond the
 //! accepted ones: none). A task of the server reads the depth from the
-//! broker every `DEPTH_CHECK_MS` (100 ms, the default) and the server adds
-//! the jobs it accepts to that reading, so concurrent requests can
-//! overshoot the limit a little (by what another clone accepted, or what
-//! was being published when the reading was taken): the overshoot is
-//! counted too.
+//! broker every `DEPTH_CHECK_MS` (100 ms, the default) and the server
+//! counts each job it admits on top of that reading, from its check until
+//! its publish is confirmed. With several clones the limit can be
+//! overshot by what the *other* clones admitted since the last reading:
+//! the overshoot is counted too (one clone here).
 //!
 //! Run it alone: `DEMO_ONLY=7 cargo run -p part4-async --bin part4-demo`.
 

@@ -416,13 +416,16 @@ pub async fn build(config: Part4Config) -> anyhow::Result<Application> {
 /// ([`DepthGate::forget`]), older than `every` plus `QUEUE_TIMEOUT_MS`
 /// (the task is stuck on a broker that does not answer), or `every` is 0.
 ///
-/// With `ANSWER=after-insert` a job is answered before it is published:
-/// until its publish is settled it counts apart (`sending`), so a reading
-/// taken before the broker had it cannot let the queue grow past the
-/// limit. One the broker had by then counts twice until its confirm
-/// arrives (a few milliseconds): the gate errs towards refusing. (Counted
-/// only once its publish was confirmed, a run of 200 posts, 16 at a time,
-/// went 27 over a limit of 20 in one tour, while the disk was slow.)
+/// A request that finds room counts its job at once ([`DepthGate::admit`],
+/// `sending`), until the job's publish is settled: requests checking at
+/// the same moment see each other's jobs. A job the broker already has
+/// counts twice until its confirm arrives (a few milliseconds): the gate
+/// errs towards refusing. One gap is left: a job confirmed while a read
+/// is on its way, but after the broker counted, is missed until the next
+/// read (so a single clone can still overshoot by the confirms of one
+/// read's round trip). (Counted only from its
+/// `202`, 16 requests at a time passed the check together and went 13 to
+/// 27 over a limit of 20.)
 struct DepthGate {
     max: u64,
     every: Duration,
@@ -431,8 +434,34 @@ struct DepthGate {
     /// One read of its own at a time: the requests that find no usable
     /// reading wait for the first one's instead of all asking the broker.
     reading: tokio::sync::Mutex<()>,
-    /// Jobs answered `202` whose publish has not settled yet.
+    /// Jobs admitted whose publish has not settled yet.
     sending: std::sync::atomic::AtomicU64,
+}
+
+/// A job counted by [`DepthGate::admit`]. Given back when dropped (the
+/// request ended before any publish: an error, a replayed key), unless
+/// [`Slot::keep`] handed it to the publish, which settles it with
+/// [`DepthGate::sent`].
+struct Slot<'a> {
+    gate: &'a DepthGate,
+    kept: bool,
+}
+
+impl Slot<'_> {
+    /// The publish settles it from now on.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.gate
+                .sending
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// What the gate knows.
@@ -480,11 +509,24 @@ impl DepthGate {
         })
     }
 
-    /// The waiting jobs: the latest reading, or a read of its own, plus
-    /// the jobs being published.
-    async fn waiting(&self, queue: &AnyQueue) -> Result<u64, QueueError> {
-        let sending = self.sending.load(std::sync::atomic::Ordering::Relaxed);
-        self.read(queue).await.map(|n| n + sending)
+    /// Room for one more job? The latest reading (or a read of its own)
+    /// plus the jobs admitted and not yet published; if that is under the
+    /// limit, this job is counted with them, in the same step (no `await`
+    /// between the count and the check), so requests checking at once see
+    /// each other. `Err(waiting)`: full.
+    async fn admit(&self, queue: &AnyQueue) -> Result<Result<Slot<'_>, u64>, QueueError> {
+        let n = self.read(queue).await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        match self
+            .sending
+            .fetch_update(Relaxed, Relaxed, |s| (n + s < self.max).then_some(s + 1))
+        {
+            Ok(_) => Ok(Ok(Slot {
+                gate: self,
+                kept: false,
+            })),
+            Err(s) => Ok(Err(n + s)),
+        }
     }
 
     /// The latest reading, or a read of its own.
@@ -519,12 +561,6 @@ impl DepthGate {
             at: started,
             depth: got.as_ref().map(|n| *n).map_err(ToString::to_string),
         });
-    }
-
-    /// A job answered, its publish on its way (`ANSWER=after-insert`).
-    fn sending(&self) {
-        self.sending
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// That publish settled: confirmed (one more job enqueued) or not.
@@ -834,9 +870,11 @@ async fn create<S: SessionStore>(
     {
         return replay(jobs, job, kind).await;
     }
+    // This job's place under MAX_QUEUE_DEPTH, held until its publish.
+    let mut slot = None;
     if let Some(queue) = &jobs.queue {
-        match bounded(queue, jobs.queue_timeout, jobs.gate.waiting(queue)).await {
-            Ok(waiting) if waiting >= jobs.gate.max => {
+        match bounded(queue, jobs.queue_timeout, jobs.gate.admit(queue)).await {
+            Ok(Err(waiting)) => {
                 tracing::info!(waiting, max = jobs.gate.max, "backpressure: refusing a job");
                 return Ok(unavailable(
                     jobs.retry_after_secs,
@@ -850,7 +888,7 @@ async fn create<S: SessionStore>(
                     }),
                 ));
             }
-            Ok(_) => {}
+            Ok(Ok(admitted)) => slot = Some(admitted),
             Err(e) => {
                 tracing::warn!(error = %e, "the queue's depth cannot be read: refusing a job");
                 return Ok(unavailable(
@@ -888,15 +926,24 @@ async fn create<S: SessionStore>(
             // the user hears 202 now and the publish happens after (see
             // `Jobs::publish_after_answer`). On a task of its own, which
             // a client hanging up does not cancel.
-            jobs.gate.sending();
+            if let Some(s) = slot {
+                s.keep();
+            }
             let later = jobs.clone();
             tokio::spawn(async move { later.publish_after_answer(envelope).await });
             Ok(accepted(StatusCode::ACCEPTED, &job, false))
         }
         (Some(queue), _) => {
-            match bounded(queue, jobs.queue_timeout, queue.enqueue(&envelope)).await {
+            // The slot stays this request's across the publish: a request
+            // cancelled meanwhile (the client hung up) gives it back as it
+            // drops.
+            let sent = bounded(queue, jobs.queue_timeout, queue.enqueue(&envelope)).await;
+            if sent.is_ok() {
+                jobs.gate.enqueued();
+            }
+            drop(slot);
+            match sent {
                 Ok(()) => {
-                    jobs.gate.enqueued();
                     jobs.published(envelope.id);
                     Ok(accepted(StatusCode::ACCEPTED, &job, false))
                 }

@@ -1236,8 +1236,15 @@ async fn rabbitmq_down_gives_a_clear_503_and_the_clone_reconnects() {
         "a new job: the refused one left nothing"
     );
     assert_eq!(lab.jobs_of_ada().await, 2);
-    // Both accepted jobs queued, nothing else.
-    support::depth_becomes(lab.queue(), 2, 0).await;
+    // Both accepted jobs queued. (The first job's publish may have been
+    // cut after the broker took it but before its confirm came back: the
+    // clone then sends it again, and the queue holds a copy, which the
+    // claim makes harmless. So two or three, never fewer.)
+    support::eventually("both accepted jobs on the queue", || async {
+        let ready = lab.waiting().await;
+        (2..=3).contains(&ready).then_some(())
+    })
+    .await;
     lab.stop().await;
 }
 
