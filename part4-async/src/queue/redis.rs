@@ -24,7 +24,7 @@
 //! most `PREFETCH`, capped at 1,000 per take).
 //!
 //! With `PREFETCH` above 1 the acks are batched too: an ack is kept, and
-//! the acks kept go to Redis in one call (`ACK_MANY`) before the consumer's
+//! the acks kept go to Redis in one call (`ACK`) before the consumer's
 //! next round trip for jobs, when `PREFETCH` of them are waiting, and
 //! before a graceful stop gives back what it holds. A batch of 100 jobs
 //! then costs two round trips instead of 101 (RabbitMQ's `multiple` ack
@@ -245,22 +245,13 @@ return #ARGV
 /// holds Redis (and the lab's cache on it) for its whole length.
 const TAKE_MAX: usize = 1000;
 
-/// The ack: take the job out of our processing list (searching from the
-/// tail, where the oldest job we hold sits) and forget its delivery count.
-/// If the reaper already gave it back, remove nothing and keep the count:
-/// the redelivery must still be counted.
+/// The ack, of one job or many: ARGV holds (body, counted id) pairs. Each
+/// job is taken out of our processing list (searching from the tail,
+/// where the oldest job we hold sits) and its delivery count forgotten.
+/// If the reaper already gave a job back, nothing is removed and its count
+/// kept: the redelivery must still be counted (it will be done again, and
+/// find its claim). Returns how many were still ours.
 const ACK: &str = r"
-local removed = redis.call('LREM', KEYS[1], -1, ARGV[1])
-if removed > 0 and ARGV[2] ~= '' then
-  redis.call('HDEL', KEYS[2], ARGV[2])
-end
-return removed
-";
-
-/// [`ACK`] for many jobs: ARGV holds (body, counted id) pairs. Returns how
-/// many were still in our processing list (the others the reaper gave
-/// back: they will be done again, and find their claims).
-const ACK_MANY: &str = r"
 local removed = 0
 for i = 1, #ARGV, 2 do
   if redis.call('LREM', KEYS[1], -1, ARGV[i]) > 0 then
@@ -277,8 +268,25 @@ return removed
 static TAKE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(TAKE));
 static COUNT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(COUNT));
 static ACK_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(ACK));
-static ACK_MANY_SCRIPT: std::sync::LazyLock<Script> =
-    std::sync::LazyLock::new(|| Script::new(ACK_MANY));
+
+/// Acks `acks` (body, counted id) in one call of [`ACK`] on `processing`;
+/// how many were still there.
+async fn ack_all<'a>(
+    conn: &mut ConnectionManager,
+    keys: (&str, &str),
+    acks: impl Iterator<Item = (&'a [u8], &'a str)>,
+) -> Result<usize, QueueError> {
+    let mut invocation = ACK_SCRIPT.prepare_invoke();
+    invocation.key(keys.0).key(keys.1);
+    for (body, id) in acks {
+        invocation.arg(body).arg(id);
+    }
+    retry_once(conn, |mut conn| {
+        let invocation = &invocation;
+        async move { invocation.invoke_async(&mut conn).await }
+    })
+    .await
+}
 
 /// Requeue or dead-letter: take the job out of our processing list and, if
 /// it was still there, push it to the back of `KEYS[2]`. If the reaper
@@ -703,7 +711,7 @@ impl RedisConsumer {
         }
     }
 
-    /// Sends the kept acks in one call ([`ACK_MANY`]). On an error they
+    /// Sends the kept acks in one call ([`ACK`]). On an error they
     /// stay kept for the next call, and the consumer is suspect (the
     /// stray check waits until they are sent: it would give those jobs
     /// back).
@@ -711,15 +719,11 @@ impl RedisConsumer {
         if self.acked.is_empty() {
             return Ok(());
         }
-        let mut invocation = ACK_MANY_SCRIPT.prepare_invoke();
-        invocation.key(&self.processing).key(&self.keys.deliveries);
-        for (body, id) in &self.acked {
-            invocation.arg(&body[..]).arg(id.as_str());
-        }
-        let result: Result<usize, _> = retry_once(&mut self.conn, |mut conn| {
-            let invocation = &invocation;
-            async move { invocation.invoke_async(&mut conn).await }
-        })
+        let result = ack_all(
+            &mut self.conn,
+            (&self.processing, &self.keys.deliveries),
+            self.acked.iter().map(|(b, id)| (&b[..], id.as_str())),
+        )
         .await;
         match result {
             Ok(removed) => {
@@ -818,17 +822,11 @@ impl JobConsumer for RedisConsumer {
             }
             return Ok(());
         }
-        let id = counted(delivery);
-        let mut invocation = ACK_SCRIPT.prepare_invoke();
-        invocation
-            .key(&self.processing)
-            .key(&self.keys.deliveries)
-            .arg(&delivery.body[..])
-            .arg(id);
-        let result: Result<u32, _> = retry_once(&mut self.conn, |mut conn| {
-            let invocation = &invocation;
-            async move { invocation.invoke_async(&mut conn).await }
-        })
+        let result = ack_all(
+            &mut self.conn,
+            (&self.processing, &self.keys.deliveries),
+            std::iter::once((&delivery.body[..], counted(delivery))),
+        )
         .await;
         match self.let_go(result)? {
             // The reaper gave it back while we worked (our heartbeat
