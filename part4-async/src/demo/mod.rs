@@ -42,6 +42,7 @@ pub mod kill_worker;
 pub mod poison;
 pub mod redis_restart;
 pub mod workers;
+pub mod wrk;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -104,13 +104,13 @@
 //! Either way a broker known to be down gives `503` before anything is
 //! written: the depth check asks it (above).
 //!
-//! A simplification, stated: the publishes of `after-insert` are tasks of
-//! the clone's runtime, which ends when the server has drained its
-//! connections. A clone stopped (`SIGTERM`, a roll) a moment after a
-//! `202` can end before that job's publish: the job is late, never lost
-//! (the sweeper sends it after `STALE_QUEUED_SECS`, 60 s by default, plus
-//! up to 15 s between its passes). Waiting for those tasks on shutdown
-//! would need a hook the app tier does not have yet.
+//! A clone stopped (`SIGTERM`, a roll) a moment after a `202` still owes
+//! that job's publish: once it has finished the requests in flight, it
+//! waits for the publishes it owes and writes the last `published_at`
+//! marks ([`Jobs::drain`], at most [`SHUTDOWN_DRAIN`] each) before it
+//! exits. A publish still failing by then (the broker is down) is left to
+//! the sweeper: the job is late (after `STALE_QUEUED_SECS`, 60 s by
+//! default, plus up to 15 s between its passes), never lost.
 //!
 //! A clone that dies between the insert and the publish leaves its row
 //! `queued` with nothing on the queue (a retry with the same key finds
@@ -312,14 +312,32 @@ pub struct Part4Config {
 }
 
 /// `part4-server`'s whole `main` (the binary only calls it; [`common::entry`]
-/// says why): part 1's [`part1_clones::app::serve`] with [`build`].
+/// says why): what part 1's [`part1_clones::app::serve`] does (`.env`,
+/// logging, the flags, [`build_with_jobs`], serve until `SIGTERM`), then
+/// [`Jobs::drain`]: the publishes this clone owes go out before it exits.
 pub fn main() -> anyhow::Result<()> {
-    part1_clones::app::serve(build)
+    common::entry::run(|| async {
+        let (app, jobs) = build_with_jobs(clap::Parser::parse()).await?;
+        app.run_until_stopped().await?;
+        jobs.drain(SHUTDOWN_DRAIN).await;
+        Ok(())
+    })
 }
+
+/// How long a stopping clone waits for the publishes it owes, and then
+/// for their `published_at` marks: well under the lab's 30 s before it
+/// kills a clone that has not stopped.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 /// Connects and binds: part 3's layer, the jobs store (migrated), the
 /// queue (`--jobs async`), and the jobs routes.
 pub async fn build(config: Part4Config) -> anyhow::Result<Application> {
+    Ok(build_with_jobs(config).await?.0)
+}
+
+/// [`build`], and the jobs API's state, for [`Jobs::drain`] once the
+/// server has stopped.
+pub async fn build_with_jobs(config: Part4Config) -> anyhow::Result<(Application, Arc<Jobs>)> {
     let mut inner = part3_cache::server::cache_layer(&config.part3).await?;
     let store = JobStore::new(inner.data.db.primary().clone());
     JobStore::migrate(store.pool()).await?;
@@ -374,6 +392,7 @@ pub async fn build(config: Part4Config) -> anyhow::Result<Application> {
     let jobs = Jobs {
         store,
         published_tx,
+        owed: Arc::default(),
         queue,
         worker,
         gate: DepthGate::new(
@@ -394,15 +413,16 @@ pub async fn build(config: Part4Config) -> anyhow::Result<Application> {
     }
     let timelines =
         crate::fanout::Timelines::new(inner.data.redis.clone(), &server.key_prefix, &config.fanout);
-    Application::build_with(
+    let app = Application::build_with(
         config.part3.part2.server,
         JobsLayer {
             inner,
-            jobs,
+            jobs: jobs.clone(),
             timelines,
         },
     )
-    .await
+    .await?;
+    Ok((app, jobs))
 }
 
 /// The queue depth a `POST /jobs` compares with `MAX_QUEUE_DEPTH`: read
@@ -635,7 +655,9 @@ pub struct Jobs {
     gate: DepthGate,
     answer: AnswerMode,
     /// Confirmed publishes, for [`record_published`].
-    published_tx: tokio::sync::mpsc::UnboundedSender<JobId>,
+    published_tx: tokio::sync::mpsc::UnboundedSender<Mark>,
+    /// The publishes of jobs already answered (`ANSWER=after-insert`).
+    owed: Arc<Owed>,
     queue_timeout: Duration,
     retry_after_secs: u64,
     events_poll: Duration,
@@ -930,7 +952,12 @@ async fn create<S: SessionStore>(
                 s.keep();
             }
             let later = jobs.clone();
-            tokio::spawn(async move { later.publish_after_answer(envelope).await });
+            // Counted before the 202: a clone stopping from now on waits for it.
+            let owed = jobs.owed.take();
+            tokio::spawn(async move {
+                later.publish_after_answer(envelope).await;
+                drop(owed);
+            });
             Ok(accepted(StatusCode::ACCEPTED, &job, false))
         }
         (Some(queue), _) => {
@@ -1019,8 +1046,32 @@ impl Jobs {
     /// harmless copy later.
     fn published(&self, id: JobId) {
         metrics::counter!(common::metrics::JOBS, "event" => "enqueued").increment(1);
-        if let Err(lost) = self.published_tx.send(id) {
-            tracing::warn!(job = %lost.0, "the published-jobs recorder has stopped: the sweeper will send a harmless copy");
+        if self.published_tx.send(Mark::Published(id.clone())).is_err() {
+            tracing::warn!(job = %id, "the published-jobs recorder has stopped: the sweeper will send a harmless copy");
+        }
+    }
+
+    /// For a clone that has stopped serving: waits up to `limit` for the
+    /// publishes it owes (`ANSWER=after-insert`), then up to `limit` for
+    /// their `published_at` marks to be written. What is still owed after
+    /// that is left to the sweeper, and logged.
+    pub async fn drain(&self, limit: Duration) {
+        let owed = self.owed.count();
+        if owed > 0 {
+            tracing::info!(owed, "stopping: waiting for the publishes of jobs already answered");
+        }
+        if tokio::time::timeout(limit, self.owed.settled()).await.is_err() {
+            tracing::warn!(
+                owed = self.owed.count(),
+                "stopping with publishes still failing after {} s: their jobs are left to the sweeper",
+                limit.as_secs()
+            );
+        }
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.published_tx.send(Mark::Flush(done)).is_ok()
+            && !matches!(tokio::time::timeout(limit, written).await, Ok(Ok(())))
+        {
+            tracing::warn!("stopping before the last published_at marks were written: the sweeper will send harmless copies");
         }
     }
 
@@ -1050,20 +1101,90 @@ impl Jobs {
 /// minute, so 50 ms later changes nothing. The channel is unbounded: what
 /// waits in it is what is confirmed during one linger and one `UPDATE`.
 /// Ends when every sender is gone.
-async fn record_published(store: JobStore, mut ids: tokio::sync::mpsc::UnboundedReceiver<JobId>) {
-    let mut batch = Vec::new();
-    while ids.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-        tokio::time::sleep(RECORD_LINGER).await;
-        // Whatever came meanwhile (try_recv never waits; recv_many would).
-        while batch.len() < RECORD_BATCH
-            && let Ok(id) = ids.try_recv()
-        {
-            batch.push(id);
+/// A [`Mark::Flush`] (a stopping clone, [`Jobs::drain`]) writes at once
+/// what it has, then answers.
+async fn record_published(store: JobStore, mut marks: tokio::sync::mpsc::UnboundedReceiver<Mark>) {
+    let mut got = Vec::new();
+    while marks.recv_many(&mut got, RECORD_BATCH).await > 0 {
+        if !got.iter().any(|m| matches!(m, Mark::Flush(_))) {
+            tokio::time::sleep(RECORD_LINGER).await;
         }
-        if let Err(e) = store.mark_published_many(&batch).await {
+        // Whatever came meanwhile (try_recv never waits; recv_many would).
+        while got.len() < RECORD_BATCH
+            && let Ok(m) = marks.try_recv()
+        {
+            got.push(m);
+        }
+        let mut batch = Vec::with_capacity(got.len());
+        let mut flushes = Vec::new();
+        for m in got.drain(..) {
+            match m {
+                Mark::Published(id) => batch.push(id),
+                Mark::Flush(done) => flushes.push(done),
+            }
+        }
+        if !batch.is_empty()
+            && let Err(e) = store.mark_published_many(&batch).await
+        {
             tracing::warn!(jobs = batch.len(), error = %e, "could not record confirmed publishes: the sweeper will send harmless copies");
         }
-        batch.clear();
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// What [`record_published`] is sent.
+enum Mark {
+    /// The broker confirmed this job.
+    Published(JobId),
+    /// Write what you have now, then say so (a stopping clone).
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The publishes a clone owes: jobs answered `202` whose publish has not
+/// settled (`ANSWER=after-insert`), counted so that a stopping clone can
+/// wait for them ([`Jobs::drain`]).
+#[derive(Default)]
+struct Owed {
+    n: std::sync::atomic::AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+/// One owed publish; settled when dropped.
+struct OwedPublish(Arc<Owed>);
+
+impl Owed {
+    fn take(self: &Arc<Self>) -> OwedPublish {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OwedPublish(self.clone())
+    }
+
+    fn count(&self) -> usize {
+        self.n.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Returns once none is owed.
+    async fn settled(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read: a last drop between
+            // the two still wakes this.
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for OwedPublish {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.none_left.notify_waiters();
+        }
     }
 }
 
@@ -1252,12 +1373,129 @@ mod tests {
             gate: DepthGate::new(1, Duration::ZERO, Duration::from_secs(1)),
             answer: AnswerMode::AfterInsert,
             published_tx: tokio::sync::mpsc::unbounded_channel().0,
+            owed: Arc::default(),
             queue_timeout: Duration::from_secs(1),
             retry_after_secs: 1,
             events_poll: Duration::from_millis(200),
             events_max: Duration::from_secs(1),
             drill_jobs,
         }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_clone_waits_for_every_publish_it_owes() {
+        let owed = Arc::new(Owed::default());
+        // None owed: at once.
+        tokio::time::timeout(Duration::from_secs(5), owed.settled())
+            .await
+            .unwrap();
+        let (a, b) = (owed.take(), owed.take());
+        let waiting = tokio::spawn({
+            let owed = owed.clone();
+            async move { owed.settled().await }
+        });
+        tokio::task::yield_now().await;
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one publish is still owed");
+        assert_eq!(owed.count(), 1);
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the last publish settling")
+            .unwrap();
+        assert_eq!(owed.count(), 0);
+    }
+
+    /// A queue of its own on the lab's Redis (the gate only reads its
+    /// depth), deleted by the caller.
+    async fn redis_queue() -> AnyQueue {
+        let config = QueueConfig::new(
+            crate::queue::Backend::Redis,
+            common::testing::unique_name("gate"),
+        );
+        AnyQueue::connect(&config, &common::testing::stack())
+            .await
+            .expect("Redis for the depth gate's tests: run ./lab up")
+    }
+
+    fn envelope() -> Envelope {
+        Envelope::new(JobId::generate(), "export", serde_json::json!({}))
+    }
+
+    #[tokio::test]
+    async fn a_job_counts_from_its_admission_until_its_publish_settles() {
+        let queue = redis_queue().await;
+        queue.enqueue(&envelope()).await.unwrap();
+        // Read once, then trusted for an hour: the broker holds 1.
+        let gate = DepthGate::new(3, Duration::from_secs(3600), Duration::from_secs(1));
+        let a = gate.admit(&queue).await.unwrap().expect("1 waiting + 0 sending < 3");
+        a.keep();
+        let b = gate.admit(&queue).await.unwrap().expect("1 + 1 < 3");
+        assert_eq!(
+            gate.admit(&queue).await.unwrap().err(),
+            Some(3),
+            "full: 1 waiting, 2 admitted"
+        );
+        // A request that ends before publishing gives its slot back.
+        drop(b);
+        let c = gate.admit(&queue).await.unwrap().expect("room again");
+        c.keep();
+        // A confirmed publish moves from sending to the reading.
+        gate.sent(true);
+        assert_eq!(gate.usable(&queue, None).unwrap().unwrap(), 2);
+        assert_eq!(gate.admit(&queue).await.unwrap().err(), Some(3));
+        // A publish that failed for good is simply no longer counted.
+        gate.sent(false);
+        assert!(gate.admit(&queue).await.unwrap().is_ok());
+        queue.destroy().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_reading_is_read_again_and_an_older_read_is_not_kept() {
+        let queue = redis_queue().await;
+        let gate = DepthGate::new(10, Duration::from_secs(3600), Duration::from_secs(1));
+        let before = tokio::time::Instant::now();
+        gate.record(&Ok(4), before);
+        assert_eq!(gate.usable(&queue, None).unwrap().unwrap(), 4);
+        gate.forget();
+        assert!(gate.usable(&queue, None).is_none(), "forgotten");
+        // A read that started before the forget (the broker was up then)
+        // is not trusted.
+        gate.record(&Ok(5), before);
+        assert!(gate.usable(&queue, None).is_none());
+        // The next request reads the broker itself: its queue is empty.
+        assert_eq!(gate.read(&queue).await.unwrap(), 0);
+        assert_eq!(gate.usable(&queue, None).unwrap().unwrap(), 0);
+        queue.destroy().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_refuses_until_a_read_succeeds() {
+        let queue = redis_queue().await;
+        let gate = DepthGate::new(10, Duration::from_secs(3600), Duration::from_secs(1));
+        let down = QueueError::Other {
+            backend: "redis",
+            reason: "connection refused".into(),
+        };
+        gate.record(&Err(down), tokio::time::Instant::now());
+        let e = gate.admit(&queue).await.err().expect("a failed reading refuses");
+        assert!(e.to_string().contains("connection refused"), "{e}");
+        gate.record(&Ok(0), tokio::time::Instant::now());
+        assert!(gate.admit(&queue).await.unwrap().is_ok());
+        queue.destroy().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stale_reading_is_not_used() {
+        let queue = redis_queue().await;
+        // Readings last 0 s + 0 s + 100 ms here.
+        let gate = DepthGate::new(10, Duration::ZERO, Duration::ZERO);
+        gate.record(&Ok(9), tokio::time::Instant::now() - Duration::from_millis(200));
+        assert!(gate.usable(&queue, None).is_none());
+        // every = 0: each request reads the broker (0 waiting).
+        assert_eq!(gate.read(&queue).await.unwrap(), 0);
+        queue.destroy().await.unwrap();
     }
 
     fn req(json: &str) -> NewJob {

@@ -25,7 +25,10 @@ pub(crate) struct Lab {
     /// Cookies of user 1 (ada, who has articles) and user 2 (bob).
     ada: String,
     bob: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// The server's jobs API, for [`Lab::stop_serving`]'s drain.
+    jobs: std::sync::Arc<part4_async::server::Jobs>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     worker_stop: Option<tokio::sync::oneshot::Sender<()>>,
     worker: Option<tokio::task::JoinHandle<()>>,
 }
@@ -71,10 +74,10 @@ impl Lab {
         c.events_poll_ms = 50;
         c.job_min_ms = 0;
         tweak(&mut c);
-        let app = part4_async::server::build(c).await.unwrap();
+        let (app, jobs_api) = part4_async::server::build_with_jobs(c).await.unwrap();
         let url = format!("http://127.0.0.1:{}", app.port());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(app.run_until(async move {
+        let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
         }));
         let queue = match jobs {
@@ -88,7 +91,9 @@ impl Lab {
             db,
             queue_config,
             queue,
-            _stop: tx,
+            jobs: jobs_api,
+            stop: Some(tx),
+            server: Some(server),
             worker_stop: None,
             worker: None,
         }
@@ -147,6 +152,23 @@ impl Lab {
             (v["status"] == "done" || v["status"] == "failed").then_some(v)
         })
         .await
+    }
+
+    /// Stops the server as `SIGTERM` does (no new connections, the
+    /// requests in flight finished), then drains what it owes, as
+    /// `part4-server`'s `main` does.
+    async fn stop_serving(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(DEADLINE, server)
+                .await
+                .expect("the server stopped")
+                .unwrap()
+                .unwrap();
+        }
+        self.jobs.drain(part4_async::server::SHUTDOWN_DRAIN).await;
     }
 
     pub(crate) async fn stop(mut self) {
@@ -232,6 +254,42 @@ async fn post_job(lab: &Lab, body: &str, headers: &[(&str, &str)]) -> Got {
 }
 
 const EXPORT: &str = r#"{"kind":"export"}"#;
+
+// ---------------------------------------------------------------------
+// A stopping clone publishes what it answered before it exits.
+
+async fn a_stopping_clone_owes_nothing_once_drained(backend: Backend) {
+    let mut lab = Lab::start(backend, JobsMode::Async, |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let got = post_job(&lab, EXPORT, &[]).await;
+        assert_eq!(got.status, 202, "{}", got.body);
+        ids.push(got.json()["id"].as_str().unwrap().parse::<JobId>().unwrap());
+    }
+    // At once after the last 202: what part4-server's main does on SIGTERM.
+    lab.stop_serving().await;
+    // Nothing left to a sweeper: every job is on the queue and its row
+    // says so (without the drain, the marks wait 50 ms for company and
+    // a clone's runtime ends first).
+    support::depth_becomes(lab.queue(), 5, 0).await;
+    for id in &ids {
+        assert!(
+            lab.db.store.published_at(id).await.unwrap().is_some(),
+            "{id} has no published_at"
+        );
+    }
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopping_clone_owes_nothing_once_drained_rabbitmq() {
+    a_stopping_clone_owes_nothing_once_drained(Backend::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn a_stopping_clone_owes_nothing_once_drained_redis() {
+    a_stopping_clone_owes_nothing_once_drained(Backend::Redis).await;
+}
 
 // ---------------------------------------------------------------------
 // 202, Location, done, the result; the owner only.
