@@ -17,9 +17,12 @@
 //!   ([`JobConsumer::next`]) and acknowledging it ([`JobConsumer::ack`])
 //!   before the next, as a worker does. On RabbitMQ the broker pushes up
 //!   to `prefetch` unacknowledged jobs ahead to each consumer (basic.qos):
-//!   with 1, every job waits for the previous one's ack to reach the broker.
-//!   On Redis, `prefetch` is how many jobs a consumer moves into its
-//!   processing list per round trip (one Lua call) when the queue has them.
+//!   with 1, every job waits for the previous one's ack to reach the broker;
+//!   above 1, the consumer keeps its acks and sends them as one (`multiple`)
+//!   every `prefetch / 2` jobs or before it waits. On Redis, `prefetch` is
+//!   how many jobs a consumer moves into its processing list per round
+//!   trip (one Lua call) when the queue has them, and its acks go with the
+//!   next one.
 //!
 //! The clock runs from the first publish to the last ack: one figure for
 //! the whole pipe, producer and consumers running at once.
@@ -200,11 +203,11 @@ impl<Q: JobQueue> Rig<Q> {
 
 /// One consumer's loop: take, ack, count, until `n` jobs are acked by all
 /// consumers together. Returns when its acks had all reached the queue: a
-/// Redis consumer with prefetch above 1 keeps its acks and sends them
-/// with its next call for jobs. A poll that came back empty went to the
-/// queue, so it sent them as it started; a consumer whose last step was
-/// an ack makes one more call (the queue is empty by then: it answers
-/// nothing at once) before the clock reads.
+/// consumer with prefetch above 1 keeps its acks and sends them with its
+/// next call for jobs (Redis) or before it waits for one (RabbitMQ). A
+/// poll that came back empty sent them as it started; a consumer whose
+/// last step was an ack makes one more call (the queue is empty by then:
+/// it answers nothing at once) before the clock reads.
 async fn consume<C: JobConsumer>(
     consumer: &mut C,
     acked: &AtomicU64,

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Why a binary and not criterion: criterion times functions and prints
-//! each one's estimate; a sweep over two parameters (4 prefetch values x 3
+//! each one's estimate; a sweep over two parameters (5 prefetch values x 5
 //! windows) is a chart, and the lab's report draws charts from
 //! `target/lab/results/part4.json` only. So each point here is one run of
 //! [`crate::queue_load`] (the same code as the criterion group
@@ -45,10 +45,10 @@ pub struct SweepArgs {
     #[arg(long, env = "SWEEP_MESSAGES", default_value_t = 5000)]
     pub messages: u64,
     /// RabbitMQ prefetch values (one line each on the chart).
-    #[arg(long, value_delimiter = ',', default_values_t = [1u16, 10, 50, 250])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1u16, 10, 50, 250, 1000])]
     pub prefetch: Vec<u16>,
     /// Confirm windows (outstanding publishes; the x axis).
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 128])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 128, 512, 2048])]
     pub window: Vec<usize>,
     /// Redis consumer counts (the x axis of the Redis curve).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16, 64])]

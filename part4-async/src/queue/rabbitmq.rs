@@ -37,10 +37,20 @@
 //! The publisher side reconnects on its next publish, and reports a
 //! failed publish instead of retrying it: the caller (the HTTP API)
 //! decides, and a blind retry could enqueue the job twice.
+//!
+//! Acks with `PREFETCH` above 1 are kept and sent as one `basic.ack`
+//! with `multiple` (it settles that delivery and every earlier one of the
+//! channel): every `PREFETCH / 2` jobs, and before the consumer waits for
+//! a delivery, nacks, rejects or closes. Each ack is a command in the
+//! quorum queue's Raft log; one for hundreds of jobs more than doubled
+//! the queue sweep's best point here (8 to 10k msg/s, then 21 to 26k at
+//! prefetch 250 and 1,000). The price, as with Redis: a consumer that
+//! dies while it keeps acks has those jobs delivered again, and each
+//! finds its claim. The workers keep `PREFETCH` 1.
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -427,6 +437,8 @@ impl JobQueue for RabbitQueue {
             generation: 0,
             reconnects: 0,
             backoff: BACKOFF_MIN,
+            kept: None,
+            kept_n: 0,
         };
         // The first connection fails fast: a missing broker is a clear
         // error at start, not a silent retry loop.
@@ -476,6 +488,12 @@ pub struct RabbitConsumer {
     generation: u64,
     reconnects: u64,
     backoff: Duration,
+    /// With `PREFETCH` above 1, acks are kept and sent as one: the latest
+    /// acked delivery's acker, whose `multiple` ack settles it and every
+    /// earlier delivery of the channel ([`RabbitConsumer::send_kept`]).
+    kept: Option<lapin::Acker>,
+    /// How many acks `kept` stands for.
+    kept_n: u16,
 }
 
 impl RabbitConsumer {
@@ -531,6 +549,20 @@ impl RabbitConsumer {
         }
     }
 
+    /// Sends the kept acks as one `basic.ack` with `multiple` (nothing if
+    /// none are kept). Done before this consumer waits for a delivery,
+    /// when `PREFETCH / 2` are kept, before a nack or reject, and before
+    /// a graceful close. A crash in between redelivers the kept jobs,
+    /// whose claim makes their effect happen once anyway.
+    async fn send_kept(&mut self) -> Result<(), QueueError> {
+        let Some(acker) = self.kept.take() else {
+            return Ok(());
+        };
+        self.kept_n = 0;
+        let outcome = acker.ack(BasicAckOptions { multiple: true }).await;
+        self.settled(outcome)
+    }
+
     /// A failed ack or nack means the channel is gone: so is the delivery.
     fn settled(&mut self, outcome: Result<bool, lapin::Error>) -> Result<(), QueueError> {
         match outcome {
@@ -553,6 +585,10 @@ impl JobConsumer for RabbitConsumer {
                 match self.open().await {
                     Ok(state) => {
                         self.state = Some(state);
+                        // Acks kept for the lost channel cannot be sent on
+                        // this one: the broker redelivers those jobs.
+                        self.kept = None;
+                        self.kept_n = 0;
                         self.generation += 1;
                         self.reconnects += 1;
                         self.backoff = BACKOFF_MIN;
@@ -572,9 +608,27 @@ impl JobConsumer for RabbitConsumer {
                     }
                 }
             };
-            match tokio::time::timeout_at(deadline, state.stream.next()).await {
-                Err(_) => return Ok(None),
-                Ok(Some(Ok(d))) => {
+            // Kept acks go before this consumer waits; a delivery already
+            // here is taken without sending them.
+            let ready = if self.kept.is_some() {
+                state.stream.next().now_or_never()
+            } else {
+                None
+            };
+            let item = match ready {
+                Some(item) => item,
+                None if self.kept.is_some() => {
+                    // A failure dropped the connection: reconnect, above.
+                    let _ = self.send_kept().await;
+                    continue;
+                }
+                None => match tokio::time::timeout_at(deadline, state.stream.next()).await {
+                    Err(_) => return Ok(None),
+                    Ok(item) => item,
+                },
+            };
+            match item {
+                Some(Ok(d)) => {
                     let attempt = attempt(&d);
                     return Ok(Some(Delivery {
                         envelope: Envelope::decode(&d.data),
@@ -588,11 +642,11 @@ impl JobConsumer for RabbitConsumer {
                 }
                 // The connection (or channel) is gone: the broker puts back
                 // what we held. Reconnect on the next pass.
-                Ok(Some(Err(e))) => {
+                Some(Err(e)) => {
                     tracing::warn!(consumer = %self.name, error = %e, "lost the RabbitMQ connection");
                     self.state = None;
                 }
-                Ok(None) => {
+                None => {
                     tracing::warn!(consumer = %self.name, "the broker cancelled our consumer");
                     self.state = None;
                 }
@@ -601,11 +655,21 @@ impl JobConsumer for RabbitConsumer {
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
-        let outcome = self.acker(delivery)?.ack(BasicAckOptions::default()).await;
-        self.settled(outcome)
+        let acker = self.acker(delivery)?;
+        if self.config.prefetch <= 1 {
+            let outcome = acker.ack(BasicAckOptions::default()).await;
+            return self.settled(outcome);
+        }
+        self.kept = Some(acker.clone());
+        self.kept_n += 1;
+        if self.kept_n >= (self.config.prefetch / 2).max(1) {
+            self.send_kept().await?;
+        }
+        Ok(())
     }
 
     async fn requeue(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
+        self.send_kept().await?;
         let outcome = self
             .acker(delivery)?
             .nack(BasicNackOptions {
@@ -619,6 +683,7 @@ impl JobConsumer for RabbitConsumer {
     async fn dead_letter(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
         // Rejected without requeue: the queue routes it to its
         // dead-letter exchange.
+        self.send_kept().await?;
         let outcome = self
             .acker(delivery)?
             .reject(BasicRejectOptions { requeue: false })
@@ -636,6 +701,7 @@ impl JobConsumer for RabbitConsumer {
     }
 
     async fn close(mut self) -> Result<(), QueueError> {
+        let _ = self.send_kept().await;
         if let Some(state) = self.state.take() {
             let _ = state
                 .channel

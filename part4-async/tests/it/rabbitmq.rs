@@ -189,3 +189,61 @@ async fn a_publish_while_the_broker_is_down_fails_fast_and_clearly() {
     support::depth_becomes(&direct, 1, 0).await;
     direct.destroy().await.unwrap();
 }
+
+/// With `PREFETCH` above 1, acks are kept and sent as one `multiple` ack
+/// before the consumer waits for a delivery. A consumer that waited after
+/// its acks holds nothing, so a cut connection gives nothing back; one
+/// whose connection dies while it keeps an ack has that job delivered
+/// again (the price the module docs state: it finds its claim).
+#[tokio::test]
+async fn a_prefetching_consumer_sends_its_acks_as_one_before_it_waits() {
+    use std::time::Duration;
+    let url = testing::stack().rabbitmq_url;
+    let proxy = ChaosProxy::start(&authority(&url)).await.unwrap();
+    let mut config = support::config(Backend::RabbitMq);
+    config.prefetch = 10;
+    let direct = support::rabbit_with(config.clone()).await;
+    let through_proxy = RabbitQueue::connect(&proxy.url_for(&url), config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut consumer = through_proxy.consume("kept").await.unwrap();
+
+    for _ in 0..3 {
+        direct.enqueue(&support::envelope("export")).await.unwrap();
+    }
+    for _ in 0..3 {
+        let d = consumer.next(DEADLINE).await.unwrap().unwrap();
+        assert_eq!(d.attempt, 1);
+        consumer.ack(&d).await.unwrap();
+    }
+    // Nothing waiting: the three acks go, as one, before it waits.
+    let none = consumer.next(Duration::from_millis(200)).await.unwrap();
+    assert!(none.is_none());
+    // (Time for the proxy to pass the ack on.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.cut();
+    proxy.restore();
+    let none = consumer.next(Duration::from_secs(2)).await.unwrap();
+    assert!(none.is_none(), "its acks were sent: nothing came back");
+
+    // Acked (kept), and the connection dies before the consumer waits:
+    // the broker never had the ack, and delivers the job again.
+    let job = support::envelope("export");
+    direct.enqueue(&job).await.unwrap();
+    let d = consumer.next(DEADLINE).await.unwrap().unwrap();
+    consumer.ack(&d).await.unwrap();
+    proxy.cut();
+    proxy.restore();
+    let again = consumer
+        .next(DEADLINE)
+        .await
+        .unwrap()
+        .expect("a kept ack dies with its connection");
+    assert_eq!(again.envelope.as_ref().unwrap(), &job);
+    assert_eq!(again.attempt, 2);
+    consumer.ack(&again).await.unwrap();
+    // A graceful close sends what it keeps.
+    consumer.close().await.unwrap();
+    support::depth_becomes(&direct, 0, 0).await;
+    direct.destroy().await.unwrap();
+}
