@@ -314,7 +314,10 @@ pub trait JobConsumer: Send + 'static {
         wait: Duration,
     ) -> impl Future<Output = Result<Option<Delivery>, QueueError>> + Send;
 
-    /// Done with it: the queue forgets the job.
+    /// Done with it: the queue forgets the job. With `PREFETCH` above 1
+    /// the ack may be kept and sent with the consumer's next call (both
+    /// backends say when): an `Ok` means it will be sent, and a consumer
+    /// that dies before then has the job delivered again.
     fn ack(&mut self, delivery: &Delivery) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Not now: back in the queue (counted as a delivery).

@@ -54,11 +54,11 @@ pub const CONCURRENCY: usize = 16;
 /// baked page measured about 22k req/s here; with two, 24k to 31k).
 const WRK_THREADS: usize = 2;
 /// Length of the Zipf sequence of paths every run walks (more than a run
-/// asks for, so none repeats it).
+/// of the default 3 s asks for, so none repeats it).
 const PATHS: u64 = 200_000;
 /// Pages asked through nginx by the demo's own client to count the
 /// answers marked `X-Baked: true` (wrk does not read headers).
-const SAMPLE: u64 = 2_000;
+pub const SAMPLE: u64 = 2_000;
 /// Comments whose staleness is measured.
 pub const WRITES: usize = 10;
 /// How long a comment is given to show on the baked page. One that never

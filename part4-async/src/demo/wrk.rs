@@ -12,10 +12,13 @@
 //! tool, the same connections, the same sequence of paths.
 //!
 //! The paths go to wrk in a file its Lua script reads once per thread;
-//! each thread walks the sequence from its start, as the demo's closed
-//! loop does. wrk's own figures are kept as it prints them: requests,
-//! seconds, its latency distribution (p50, p90, p99), the slowest, and
-//! its error counts (non-2xx answers, socket errors, timeouts).
+//! thread `k` of `t` starts `k / t` of the way into the sequence and walks
+//! on from there, so the threads do not ask for the same page at the
+//! same moment (the demo's own closed loop walks the sequence once, all
+//! its clients sharing one counter). wrk's own figures are kept as it
+//! prints them: requests, seconds, its latency distribution (p50, p90,
+//! p99), the slowest, and its error counts (answers of 400 or more,
+//! socket errors, timeouts).
 
 use std::path::Path;
 use std::time::Duration;
@@ -63,7 +66,7 @@ impl Wrk {
         let list = dir.join("paths.txt");
         std::fs::write(&list, paths.join("\n") + "\n")?;
         let script = dir.join("paths.lua");
-        std::fs::write(&script, lua(&list, accept)?)?;
+        std::fs::write(&script, lua(&list, accept, self.threads.max(1))?)?;
         let secs = self.duration.as_secs().max(1);
         let output = tokio::process::Command::new("wrk")
             .arg(format!("-t{}", self.threads.max(1)))
@@ -88,23 +91,33 @@ impl Wrk {
     }
 }
 
-/// The script: read the paths and format their requests once per thread
-/// (in `init`, where wrk has set the host, before its clock starts), then
-/// send the next one on every request.
-fn lua(list: &Path, accept: &str) -> anyhow::Result<String> {
-    let list = list.to_str().context("a temporary path that is not UTF-8")?;
+/// The script: number the threads (`setup` runs in wrk's main state),
+/// read the paths and format their requests once per thread (in `init`,
+/// where wrk has set the host, before its clock starts), start thread
+/// `k` at `k / threads` of the way in, then send the next request on
+/// every request.
+fn lua(list: &Path, accept: &str, threads: usize) -> anyhow::Result<String> {
+    let list = list
+        .to_str()
+        .context("a temporary path that is not UTF-8")?;
     anyhow::ensure!(
         !list.contains(['"', '\\', '\n']) && !accept.contains(['"', '\\', '\n']),
         "a path or header wrk's script cannot quote"
     );
     Ok(format!(
-        r#"local requests, n, i = {{}}, 0, 0
+        r#"local counter = 0
+setup = function(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+local requests, n, i = {{}}, 0, 0
 init = function(args)
   local headers = {{ ["Accept"] = "{accept}" }}
   for line in io.lines("{list}") do
     n = n + 1
     requests[n] = wrk.format("GET", line, headers)
   end
+  i = (id or 0) * math.floor(n / {threads})
 end
 request = function()
   i = i % n + 1
@@ -143,10 +156,7 @@ fn parse(name: &str, out: &str) -> anyhow::Result<LoadReport> {
         .context("no requests line")?;
     let mut words = line.split_whitespace();
     let requests: u64 = words.next().context("no count")?.parse()?;
-    let elapsed = words
-        .nth(2)
-        .context("no duration")?
-        .trim_end_matches(',');
+    let elapsed = words.nth(2).context("no duration")?.trim_end_matches(',');
     let elapsed_secs = time_us(elapsed)? as f64 / 1e6;
     let count_after = |label: &str| -> anyhow::Result<u64> {
         match out.lines().map(str::trim).find(|l| l.starts_with(label)) {
@@ -154,31 +164,43 @@ fn parse(name: &str, out: &str) -> anyhow::Result<LoadReport> {
             None => Ok(0),
         }
     };
+    // wrk counts a status of 400 or more here (a 3xx is a success to it).
     let non_2xx = count_after("Non-2xx or 3xx responses:")?;
-    // "Socket errors: connect 0, read 0, write 0, timeout 0"
-    let socket: u64 = match out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("Socket errors:"))
-    {
-        Some(l) => l["Socket errors:".len()..]
-            .split(',')
-            .filter_map(|kv| kv.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum(),
-        None => 0,
+    // "Socket errors: connect 0, read 0, write 0, timeout 0". A timeout is
+    // a request wrk also counted as done, without its latency; a connect
+    // error is no request at all; a read or write error is one that failed.
+    let socket = |kind: &str| -> u64 {
+        out.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix("Socket errors:"))
+            .and_then(|l| {
+                l.split(',').find_map(|kv| {
+                    let (k, v) = kv.trim().split_once(' ')?;
+                    (k == kind).then(|| v.trim().parse::<u64>().ok()).flatten()
+                })
+            })
+            .unwrap_or(0)
     };
-    let errors = non_2xx + socket;
-    let ok = requests.saturating_sub(non_2xx);
+    let (connect, read, write, timeout) = (
+        socket("connect"),
+        socket("read"),
+        socket("write"),
+        socket("timeout"),
+    );
+    let errors = non_2xx + connect + read + write + timeout;
+    let ok = requests.saturating_sub(non_2xx + timeout);
     let mut first_errors = Vec::new();
     if non_2xx > 0 {
-        first_errors.push(format!("{non_2xx} answers were not 2xx or 3xx (wrk)"));
+        first_errors.push(format!("{non_2xx} answers of 400 or more (wrk)"));
     }
-    if socket > 0 {
-        first_errors.push(format!("socket errors (wrk): {socket}"));
+    if connect + read + write + timeout > 0 {
+        first_errors.push(format!(
+            "socket errors (wrk): connect {connect}, read {read}, write {write}, timeout {timeout}"
+        ));
     }
     Ok(LoadReport {
         name: name.to_owned(),
-        requests: requests + socket,
+        requests: requests + read + write,
         errors,
         elapsed_secs,
         throughput: ok as f64 / elapsed_secs.max(1e-9),
@@ -237,12 +259,17 @@ Transfer/sec:     25.00MB
     #[test]
     fn wrks_report_becomes_a_load_report() {
         let r = parse("baked", OUT).unwrap();
-        assert_eq!((r.requests, r.errors), (60_003, 8));
+        // 60,000 done (1 of them timed out) and 2 failed reads; 5 answers
+        // of 400 or more.
+        assert_eq!((r.requests, r.errors), (60_002, 8));
         assert_eq!(r.elapsed_secs, 3.0);
-        assert_eq!(r.latency.count, 59_995);
-        assert!((r.throughput - 59_995.0 / 3.0).abs() < 1e-6);
+        assert_eq!(r.latency.count, 59_994);
+        assert!((r.throughput - 59_994.0 / 3.0).abs() < 1e-6);
         let l = r.latency;
-        assert_eq!((l.p50_us, l.p90_us, l.p99_us, l.max_us), (780, 1_100, 2_000, 5_000));
+        assert_eq!(
+            (l.p50_us, l.p90_us, l.p99_us, l.max_us),
+            (780, 1_100, 2_000, 5_000)
+        );
         assert_eq!(l.mean_us, 812.0);
         assert_eq!(r.first_errors.len(), 2);
     }

@@ -41,10 +41,13 @@
 //! Acks with `PREFETCH` above 1 are kept and sent as one `basic.ack`
 //! with `multiple` (it settles that delivery and every earlier one of the
 //! channel): every `PREFETCH / 2` jobs, and before the consumer waits for
-//! a delivery, nacks, rejects or closes. Each ack is a command in the
-//! quorum queue's Raft log; one for hundreds of jobs more than doubled
-//! the queue sweep's best point here (8 to 10k msg/s, then 21 to 26k at
-//! prefetch 250 and 1,000). The price, as with Redis: a consumer that
+//! a delivery, nacks, rejects or closes. An ack is kept only while its
+//! delivery is the only one in hand (with another, earlier one still
+//! being worked on, `multiple` would settle that too): settled in any
+//! other order, each ack goes alone. Each ack is a command in the quorum
+//! queue's Raft log; one for hundreds of jobs more than doubled the queue
+//! sweep's best points here (7 to 10k msg/s before, 20 to 29k after at
+//! prefetch 250 and 1,000 with 128 or more confirms outstanding). The price, as with Redis: a consumer that
 //! dies while it keeps acks has those jobs delivered again, and each
 //! finds its claim. The workers keep `PREFETCH` 1.
 
@@ -73,6 +76,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The reconnect loop's first and longest wait.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The longest a consumer waits for its kept acks to be sent before it
+/// waits for a delivery (or at least its own `wait`): past it, the
+/// connection is taken for dead.
+const SEND_KEPT_LIMIT: Duration = Duration::from_secs(2);
 
 /// The names of the queue's four objects.
 #[derive(Debug, Clone)]
@@ -439,6 +446,7 @@ impl JobQueue for RabbitQueue {
             backoff: BACKOFF_MIN,
             kept: None,
             kept_n: 0,
+            open: 0,
         };
         // The first connection fails fast: a missing broker is a clear
         // error at start, not a silent retry loop.
@@ -494,6 +502,10 @@ pub struct RabbitConsumer {
     kept: Option<lapin::Acker>,
     /// How many acks `kept` stands for.
     kept_n: u16,
+    /// Deliveries of this channel handed out and not settled yet. An ack
+    /// is kept only when its delivery is the only one: a `multiple` ack
+    /// settles every earlier delivery, and one still in hand must not be.
+    open: u32,
 }
 
 impl RabbitConsumer {
@@ -589,6 +601,7 @@ impl JobConsumer for RabbitConsumer {
                         // this one: the broker redelivers those jobs.
                         self.kept = None;
                         self.kept_n = 0;
+                        self.open = 0;
                         self.generation += 1;
                         self.reconnects += 1;
                         self.backoff = BACKOFF_MIN;
@@ -619,7 +632,15 @@ impl JobConsumer for RabbitConsumer {
                 Some(item) => item,
                 None if self.kept.is_some() => {
                     // A failure dropped the connection: reconnect, above.
-                    let _ = self.send_kept().await;
+                    // Bounded: a stalled socket must not hold the worker.
+                    let limit = deadline.max(tokio::time::Instant::now() + SEND_KEPT_LIMIT);
+                    if tokio::time::timeout_at(limit, self.send_kept())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(consumer = %self.name, "RabbitMQ took the kept acks for too long: reconnecting (it redelivers those jobs)");
+                        self.state = None;
+                    }
                     continue;
                 }
                 None => match tokio::time::timeout_at(deadline, state.stream.next()).await {
@@ -630,6 +651,7 @@ impl JobConsumer for RabbitConsumer {
             match item {
                 Some(Ok(d)) => {
                     let attempt = attempt(&d);
+                    self.open += 1;
                     return Ok(Some(Delivery {
                         envelope: Envelope::decode(&d.data),
                         attempt,
@@ -656,7 +678,11 @@ impl JobConsumer for RabbitConsumer {
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
         let acker = self.acker(delivery)?;
-        if self.config.prefetch <= 1 {
+        let alone = self.open <= 1;
+        self.open = self.open.saturating_sub(1);
+        if self.config.prefetch <= 1 || !alone {
+            // (With another delivery in hand, a `multiple` ack would
+            // settle that one too: this one goes alone, now.)
             let outcome = acker.ack(BasicAckOptions::default()).await;
             return self.settled(outcome);
         }
@@ -669,9 +695,10 @@ impl JobConsumer for RabbitConsumer {
     }
 
     async fn requeue(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
+        let acker = self.acker(delivery)?;
+        self.open = self.open.saturating_sub(1);
         self.send_kept().await?;
-        let outcome = self
-            .acker(delivery)?
+        let outcome = acker
             .nack(BasicNackOptions {
                 requeue: true,
                 multiple: false,
@@ -683,11 +710,10 @@ impl JobConsumer for RabbitConsumer {
     async fn dead_letter(&mut self, delivery: &Delivery) -> Result<(), QueueError> {
         // Rejected without requeue: the queue routes it to its
         // dead-letter exchange.
+        let acker = self.acker(delivery)?;
+        self.open = self.open.saturating_sub(1);
         self.send_kept().await?;
-        let outcome = self
-            .acker(delivery)?
-            .reject(BasicRejectOptions { requeue: false })
-            .await;
+        let outcome = acker.reject(BasicRejectOptions { requeue: false }).await;
         self.settled(outcome)
     }
 

@@ -325,8 +325,12 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 /// How long a stopping clone waits for the publishes it owes, and then
-/// for their `published_at` marks: well under the lab's 30 s before it
-/// kills a clone that has not stopped.
+/// for their `published_at` marks. The drain starts once the requests in
+/// flight are done, and a job's event stream can keep one open for
+/// minutes (`EVENTS_MAX_SECS`): the lab kills a clone 30 s after its
+/// `SIGTERM`. Nothing is lost then either: the publishes and the marks
+/// went on meanwhile, on the clone's runtime (a mark waits 50 ms); the
+/// drain is for the last moment.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 /// Connects and binds: part 3's layer, the jobs store (migrated), the
@@ -1058,9 +1062,15 @@ impl Jobs {
     pub async fn drain(&self, limit: Duration) {
         let owed = self.owed.count();
         if owed > 0 {
-            tracing::info!(owed, "stopping: waiting for the publishes of jobs already answered");
+            tracing::info!(
+                owed,
+                "stopping: waiting for the publishes of jobs already answered"
+            );
         }
-        if tokio::time::timeout(limit, self.owed.settled()).await.is_err() {
+        if tokio::time::timeout(limit, self.owed.settled())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 owed = self.owed.count(),
                 "stopping with publishes still failing after {} s: their jobs are left to the sweeper",
@@ -1071,7 +1081,9 @@ impl Jobs {
         if self.published_tx.send(Mark::Flush(done)).is_ok()
             && !matches!(tokio::time::timeout(limit, written).await, Ok(Ok(())))
         {
-            tracing::warn!("stopping before the last published_at marks were written: the sweeper will send harmless copies");
+            tracing::warn!(
+                "stopping before the last published_at marks were written: the sweeper will send harmless copies"
+            );
         }
     }
 
@@ -1429,7 +1441,11 @@ mod tests {
         queue.enqueue(&envelope()).await.unwrap();
         // Read once, then trusted for an hour: the broker holds 1.
         let gate = DepthGate::new(3, Duration::from_secs(3600), Duration::from_secs(1));
-        let a = gate.admit(&queue).await.unwrap().expect("1 waiting + 0 sending < 3");
+        let a = gate
+            .admit(&queue)
+            .await
+            .unwrap()
+            .expect("1 waiting + 0 sending < 3");
         a.keep();
         let b = gate.admit(&queue).await.unwrap().expect("1 + 1 < 3");
         assert_eq!(
@@ -1458,6 +1474,8 @@ mod tests {
         let before = tokio::time::Instant::now();
         gate.record(&Ok(4), before);
         assert_eq!(gate.usable(&queue, None).unwrap().unwrap(), 4);
+        // (So that the forget is strictly later than `before`.)
+        tokio::time::sleep(Duration::from_millis(2)).await;
         gate.forget();
         assert!(gate.usable(&queue, None).is_none(), "forgotten");
         // A read that started before the forget (the broker was up then)
@@ -1479,7 +1497,11 @@ mod tests {
             reason: "connection refused".into(),
         };
         gate.record(&Err(down), tokio::time::Instant::now());
-        let e = gate.admit(&queue).await.err().expect("a failed reading refuses");
+        let e = gate
+            .admit(&queue)
+            .await
+            .err()
+            .expect("a failed reading refuses");
         assert!(e.to_string().contains("connection refused"), "{e}");
         gate.record(&Ok(0), tokio::time::Instant::now());
         assert!(gate.admit(&queue).await.unwrap().is_ok());
@@ -1491,7 +1513,10 @@ mod tests {
         let queue = redis_queue().await;
         // Readings last 0 s + 0 s + 100 ms here.
         let gate = DepthGate::new(10, Duration::ZERO, Duration::ZERO);
-        gate.record(&Ok(9), tokio::time::Instant::now() - Duration::from_millis(200));
+        gate.record(
+            &Ok(9),
+            tokio::time::Instant::now() - Duration::from_millis(200),
+        );
         assert!(gate.usable(&queue, None).is_none());
         // every = 0: each request reads the broker (0 waiting).
         assert_eq!(gate.read(&queue).await.unwrap(), 0);

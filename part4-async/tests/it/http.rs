@@ -268,16 +268,16 @@ async fn a_stopping_clone_owes_nothing_once_drained(backend: Backend) {
     }
     // At once after the last 202: what part4-server's main does on SIGTERM.
     lab.stop_serving().await;
-    // Nothing left to a sweeper: every job is on the queue and its row
-    // says so (without the drain, the marks wait 50 ms for company and
-    // a clone's runtime ends first).
-    support::depth_becomes(lab.queue(), 5, 0).await;
+    // Nothing left to a sweeper: every row says its job is on the queue
+    // (without the drain, the marks wait 50 ms for company and a clone's
+    // runtime ends first), and it is.
     for id in &ids {
         assert!(
             lab.db.store.published_at(id).await.unwrap().is_some(),
             "{id} has no published_at"
         );
     }
+    support::depth_becomes(lab.queue(), 5, 0).await;
     lab.stop().await;
 }
 
