@@ -47,9 +47,10 @@
 //! other order, each ack goes alone. Each ack is a command in the quorum
 //! queue's Raft log; one for hundreds of jobs more than doubled the queue
 //! sweep's best points here (7 to 10k msg/s before, 20 to 29k after at
-//! prefetch 250 and 1,000 with 128 or more confirms outstanding). The price, as with Redis: a consumer that
-//! dies while it keeps acks has those jobs delivered again, and each
-//! finds its claim. The workers keep `PREFETCH` 1.
+//! prefetch 250 and 1,000 with 128 or more confirms outstanding). The
+//! price, as with Redis: a consumer that dies while it keeps acks has
+//! those jobs delivered again, and each finds its claim. The workers keep
+//! `PREFETCH` 1.
 
 use std::time::Duration;
 

@@ -396,7 +396,6 @@ pub async fn build_with_jobs(config: Part4Config) -> anyhow::Result<(Application
     let jobs = Jobs {
         store,
         published_tx,
-        owed: Arc::default(),
         queue,
         worker,
         gate: DepthGate::new(
@@ -460,6 +459,8 @@ struct DepthGate {
     reading: tokio::sync::Mutex<()>,
     /// Jobs admitted whose publish has not settled yet.
     sending: std::sync::atomic::AtomicU64,
+    /// Woken when `sending` comes down to 0 ([`DepthGate::settled`]).
+    none_sending: tokio::sync::Notify,
 }
 
 /// A job counted by [`DepthGate::admit`]. Given back when dropped (the
@@ -481,9 +482,7 @@ impl Slot<'_> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.kept {
-            self.gate
-                .sending
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.gate.release();
         }
     }
 }
@@ -513,6 +512,7 @@ impl DepthGate {
             last: std::sync::Mutex::new(Gauge::default()),
             reading: tokio::sync::Mutex::new(()),
             sending: std::sync::atomic::AtomicU64::new(0),
+            none_sending: tokio::sync::Notify::new(),
         }
     }
 
@@ -589,10 +589,42 @@ impl DepthGate {
 
     /// That publish settled: confirmed (one more job enqueued) or not.
     fn sent(&self, confirmed: bool) {
-        self.sending
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if confirmed {
             self.enqueued();
+        }
+        self.release();
+    }
+
+    /// One admitted job less; wakes [`DepthGate::settled`] at 0.
+    fn release(&self) {
+        if self
+            .sending
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.none_sending.notify_waiters();
+        }
+    }
+
+    /// Jobs admitted whose publish has not settled.
+    fn in_flight(&self) -> u64 {
+        self.sending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Returns once no admitted job's publish is unsettled (a stopping
+    /// clone's [`Jobs::drain`]: its requests are done, so these are the
+    /// publishes after their `202`).
+    async fn settled(&self) {
+        loop {
+            let notified = self.none_sending.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read: a last release between
+            // the two still wakes this.
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -660,8 +692,6 @@ pub struct Jobs {
     answer: AnswerMode,
     /// Confirmed publishes, for [`record_published`].
     published_tx: tokio::sync::mpsc::UnboundedSender<Mark>,
-    /// The publishes of jobs already answered (`ANSWER=after-insert`).
-    owed: Arc<Owed>,
     queue_timeout: Duration,
     retry_after_secs: u64,
     events_poll: Duration,
@@ -955,13 +985,10 @@ async fn create<S: SessionStore>(
             if let Some(s) = slot {
                 s.keep();
             }
+            // The kept slot counts it until the publish settles, so a
+            // clone stopping from now on waits for it (`Jobs::drain`).
             let later = jobs.clone();
-            // Counted before the 202: a clone stopping from now on waits for it.
-            let owed = jobs.owed.take();
-            tokio::spawn(async move {
-                later.publish_after_answer(envelope).await;
-                drop(owed);
-            });
+            tokio::spawn(async move { later.publish_after_answer(envelope).await });
             Ok(accepted(StatusCode::ACCEPTED, &job, false))
         }
         (Some(queue), _) => {
@@ -1020,8 +1047,10 @@ impl Jobs {
         loop {
             match bounded(queue, self.queue_timeout, queue.enqueue(&envelope)).await {
                 Ok(()) => {
-                    self.gate.sent(true);
-                    return self.published(envelope.id);
+                    // The mark before the slot goes: a drain that finds
+                    // nothing in flight finds the mark already sent.
+                    self.published(envelope.id);
+                    return self.gate.sent(true);
                 }
                 Err(e @ QueueError::Unroutable { .. }) => {
                     self.gate.sent(false);
@@ -1060,19 +1089,21 @@ impl Jobs {
     /// their `published_at` marks to be written. What is still owed after
     /// that is left to the sweeper, and logged.
     pub async fn drain(&self, limit: Duration) {
-        let owed = self.owed.count();
+        // Every request is done: what the gate still counts as sending are
+        // the after-insert publishes, each on its task.
+        let owed = self.gate.in_flight();
         if owed > 0 {
             tracing::info!(
                 owed,
                 "stopping: waiting for the publishes of jobs already answered"
             );
         }
-        if tokio::time::timeout(limit, self.owed.settled())
+        if tokio::time::timeout(limit, self.gate.settled())
             .await
             .is_err()
         {
             tracing::warn!(
-                owed = self.owed.count(),
+                owed = self.gate.in_flight(),
                 "stopping with publishes still failing after {} s: their jobs are left to the sweeper",
                 limit.as_secs()
             );
@@ -1113,6 +1144,7 @@ impl Jobs {
 /// minute, so 50 ms later changes nothing. The channel is unbounded: what
 /// waits in it is what is confirmed during one linger and one `UPDATE`.
 /// Ends when every sender is gone.
+///
 /// A [`Mark::Flush`] (a stopping clone, [`Jobs::drain`]) writes at once
 /// what it has, then answers.
 async fn record_published(store: JobStore, mut marks: tokio::sync::mpsc::UnboundedReceiver<Mark>) {
@@ -1152,52 +1184,6 @@ enum Mark {
     Published(JobId),
     /// Write what you have now, then say so (a stopping clone).
     Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// The publishes a clone owes: jobs answered `202` whose publish has not
-/// settled (`ANSWER=after-insert`), counted so that a stopping clone can
-/// wait for them ([`Jobs::drain`]).
-#[derive(Default)]
-struct Owed {
-    n: std::sync::atomic::AtomicUsize,
-    none_left: tokio::sync::Notify,
-}
-
-/// One owed publish; settled when dropped.
-struct OwedPublish(Arc<Owed>);
-
-impl Owed {
-    fn take(self: &Arc<Self>) -> OwedPublish {
-        self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        OwedPublish(self.clone())
-    }
-
-    fn count(&self) -> usize {
-        self.n.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Returns once none is owed.
-    async fn settled(&self) {
-        loop {
-            let notified = self.none_left.notified();
-            tokio::pin!(notified);
-            // Registered before the count is read: a last drop between
-            // the two still wakes this.
-            notified.as_mut().enable();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for OwedPublish {
-    fn drop(&mut self) {
-        if self.0.n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            self.0.none_left.notify_waiters();
-        }
-    }
 }
 
 /// The most `published_at` rows one `UPDATE` of [`record_published`] sets.
@@ -1385,7 +1371,6 @@ mod tests {
             gate: DepthGate::new(1, Duration::ZERO, Duration::from_secs(1)),
             answer: AnswerMode::AfterInsert,
             published_tx: tokio::sync::mpsc::unbounded_channel().0,
-            owed: Arc::default(),
             queue_timeout: Duration::from_secs(1),
             retry_after_secs: 1,
             events_poll: Duration::from_millis(200),
@@ -1396,27 +1381,35 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopping_clone_waits_for_every_publish_it_owes() {
-        let owed = Arc::new(Owed::default());
-        // None owed: at once.
-        tokio::time::timeout(Duration::from_secs(5), owed.settled())
+        let queue = redis_queue().await;
+        let gate = Arc::new(DepthGate::new(
+            10,
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        ));
+        // None in flight: at once.
+        tokio::time::timeout(Duration::from_secs(5), gate.settled())
             .await
             .unwrap();
-        let (a, b) = (owed.take(), owed.take());
+        // Two answered, their publishes on their way (kept slots).
+        gate.admit(&queue).await.unwrap().unwrap().keep();
+        gate.admit(&queue).await.unwrap().unwrap().keep();
         let waiting = tokio::spawn({
-            let owed = owed.clone();
-            async move { owed.settled().await }
+            let gate = gate.clone();
+            async move { gate.settled().await }
         });
         tokio::task::yield_now().await;
-        drop(a);
+        gate.sent(true);
         tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "one publish is still owed");
-        assert_eq!(owed.count(), 1);
-        drop(b);
+        assert!(!waiting.is_finished(), "one publish is still on its way");
+        assert_eq!(gate.in_flight(), 1);
+        gate.sent(false);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the last publish settling")
             .unwrap();
-        assert_eq!(owed.count(), 0);
+        assert_eq!(gate.in_flight(), 0);
+        queue.destroy().await.unwrap();
     }
 
     /// A queue of its own on the lab's Redis (the gate only reads its
