@@ -338,7 +338,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
             part2_database::schema::migrate(&pool).await?;
             let stats = part2_database::schema::load(&pool, &spec).await?;
-            (pool, format!("loaded afresh ({stats:?})"))
+            (
+                pool,
+                format!(
+                    "loaded afresh ({} rows in {:.1} s)",
+                    stats.rows, stats.seconds
+                ),
+            )
         }
     };
     let replica_url = with_database(&stack.mariadb_replica_url, &args.database);

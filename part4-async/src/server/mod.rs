@@ -254,6 +254,9 @@ impl AnswerMode {
     }
 }
 
+/// `MAX_QUEUE_DEPTH`'s default: waiting jobs past which `POST /jobs` answers 503.
+pub const DEFAULT_MAX_QUEUE_DEPTH: u64 = 1000;
+
 /// Part 4's server: part 3's flags, the queue's, and the jobs API's.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -278,7 +281,7 @@ pub struct Part4Config {
     pub answer: AnswerMode,
     /// Past this many waiting jobs, `POST /jobs` answers 503 with
     /// `Retry-After` and enqueues nothing.
-    #[arg(long, env = "MAX_QUEUE_DEPTH", default_value_t = 1000)]
+    #[arg(long, env = "MAX_QUEUE_DEPTH", default_value_t = DEFAULT_MAX_QUEUE_DEPTH)]
     pub max_queue_depth: u64,
     /// How old the queue depth read from the broker may be, in ms (0: read
     /// it on every `POST /jobs`).
