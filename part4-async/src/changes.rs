@@ -52,20 +52,22 @@
 //! the write's transaction, published from the table) would close that
 //! gap.
 //!
-//! **A stated simplification: the changes queue is not bounded.** With
-//! every worker stopped it grows with every write, though its messages
-//! are worth little once the next full re-bake has run. The fix is
-//! RabbitMQ's `x-max-length` with `x-overflow: drop-head` on this queue
-//! (and `LTRIM` after the `LPUSH` on Redis); it is not done here because
-//! (1) RabbitMQ refuses to re-declare an existing queue with other
-//! arguments (`PRECONDITION_FAILED`), so every broker that already has
-//! `<QUEUE_NAME>.changes` would need it deleted first; (2) a quorum queue
-//! with `drop-head` falls back from at-least-once to at-most-once
-//! dead-lettering, and dead-letters each dropped message into
-//! `<QUEUE_NAME>.changes.dead`, so the dead-letter and parked queues
-//! (which nothing reads for changes) would need the same bound. A
-//! production setup sets both bounds by *policy*, which can change
-//! without re-declaring.
+//! **Bounded.** With every worker stopped, the changes queue would grow
+//! with every write, though its messages are worth little once the next
+//! full re-bake has run. So each clone's hook stops publishing while
+//! `CHANGES_MAX_WAITING` changes (default [`MAX_WAITING`]) wait on the
+//! queue, and counts what it skipped ([`PublishStats::over_bound`]; the
+//! scheduled re-bake catches up). It knows the count as the jobs' gate
+//! does: the broker's own count ([`JobQueue::ready`], asked at most every
+//! [`WAITING_READ_EVERY`], by a publishing task, never by the write),
+//! plus this clone's publishes since. So the bound holds to within what
+//! the clones publish in one second, on both backends, with nothing to
+//! configure on the broker. (The broker's own bound, RabbitMQ's
+//! `x-max-length` with `drop-head`, was not used: a queue declared
+//! without it cannot be re-declared with it, `PRECONDITION_FAILED`, so
+//! every lab broker would need the queue deleted first; and a quorum
+//! queue with `drop-head` falls back from at-least-once to at-most-once
+//! dead-lettering. Production sets such a bound by policy.)
 //!
 //! **Idempotent by nature.** Every effect of a change converges: a
 //! re-fill stores what the database says now, a re-bake writes the page
@@ -82,7 +84,7 @@
 //! like a job's.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -195,6 +197,88 @@ pub async fn publish<Q: JobQueue>(queue: &Q, change: Change) -> Result<(), Queue
 /// dropped (counted, logged), not queued in memory behind a slow broker.
 pub const MAX_IN_FLIGHT: usize = 256;
 
+/// Changes waiting on the changes queue past which a clone publishes no
+/// more (`CHANGES_MAX_WAITING`'s default): the changes queue's bound.
+pub const MAX_WAITING: u64 = 10_000;
+
+/// How old a clone's count of waiting changes may grow before a publish
+/// asks the broker again.
+pub const WAITING_READ_EVERY: Duration = Duration::from_secs(1);
+
+/// A clone's count of the changes waiting on the queue: the broker's
+/// count, read at most every [`WAITING_READ_EVERY`], plus the publishes
+/// this clone made since.
+struct Waiting {
+    max: u64,
+    count: AtomicU64,
+    /// When the broker was last asked (`None`: never yet).
+    read_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// One question to the broker at a time: the tasks that find the
+    /// count due wait for the first one's answer instead of all asking.
+    reading: tokio::sync::Mutex<()>,
+    /// Set while publishes are being skipped: the first skip after a
+    /// publish is logged as a warning, the rest at debug level.
+    full: AtomicBool,
+}
+
+impl Waiting {
+    fn new(max: u64) -> Self {
+        Waiting {
+            max,
+            count: AtomicU64::new(0),
+            read_at: std::sync::Mutex::new(None),
+            reading: tokio::sync::Mutex::new(()),
+            full: AtomicBool::new(false),
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.read_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none_or(|t| t.elapsed() >= WAITING_READ_EVERY)
+    }
+
+    /// Asks the broker if the count is due. A failed read keeps the old
+    /// count (the publish that follows will fail too, and be counted).
+    async fn refresh<Q: JobQueue>(&self, queue: &Q) {
+        if !self.due() {
+            return;
+        }
+        let _one = self.reading.lock().await;
+        if !self.due() {
+            return;
+        }
+        let asked = tokio::time::Instant::now();
+        match queue.ready().await {
+            Ok(n) => self.count.store(n, Ordering::SeqCst),
+            Err(e) => tracing::debug!(error = %e, "could not count the waiting changes"),
+        }
+        *self
+            .read_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(asked);
+    }
+
+    /// Room for one more? Counted at once if so.
+    fn reserve(&self) -> bool {
+        self.count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                (c < self.max).then_some(c + 1)
+            })
+            .is_ok()
+    }
+
+    /// A reserved change that the queue did not take.
+    fn unreserve(&self) {
+        let _ = self
+            .count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                Some(c.saturating_sub(1))
+            });
+    }
+}
+
 /// Publishes, failures and drops counted by the hook.
 #[derive(Debug, Default)]
 pub struct PublishStats {
@@ -206,6 +290,9 @@ pub struct PublishStats {
     /// Changes not even tried: [`MAX_IN_FLIGHT`] publishes were already
     /// waiting on the queue (logged; the scheduled re-bake catches up).
     pub dropped: AtomicU64,
+    /// Changes not published because the changes queue already held its
+    /// bound (`max_waiting`; the scheduled re-bake catches up).
+    pub over_bound: AtomicU64,
 }
 
 /// Part 2's after-commit hook, extended: `previous` first (part 3's
@@ -219,22 +306,28 @@ pub struct PublishStats {
 /// At most [`MAX_IN_FLIGHT`] publishes are in flight; a change that
 /// finds them all taken is dropped and counted in
 /// [`PublishStats::dropped`] (a slow broker must not pile up tasks and
-/// memory in every clone). Best effort throughout: a failed, timed-out
-/// or dropped change is logged and counted, never the user's error, and
-/// the scheduled full re-bake catches up what it missed.
+/// memory in every clone). While `max_waiting` changes wait on the queue
+/// (see the module's **Bounded**), a change is not published and is
+/// counted in [`PublishStats::over_bound`]. Best effort throughout: a
+/// failed, timed-out, dropped or skipped change is logged and counted,
+/// never the user's error, and the scheduled full re-bake catches up
+/// what it missed.
 pub fn after_commit<Q: JobQueue>(
     previous: Option<AfterCommit>,
     queue: Arc<Q>,
     limit: Duration,
     stats: Arc<PublishStats>,
+    max_waiting: u64,
 ) -> AfterCommit {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let waiting = Arc::new(Waiting::new(max_waiting));
     Arc::new(move |what: Committed| -> BoxFuture<'static, ()> {
-        let (previous, queue, stats, slots) = (
+        let (previous, queue, stats, slots, waiting) = (
             previous.clone(),
             queue.clone(),
             stats.clone(),
             slots.clone(),
+            waiting.clone(),
         );
         Box::pin(async move {
             if let Some(hook) = &previous {
@@ -254,15 +347,37 @@ pub fn after_commit<Q: JobQueue>(
             // Not awaited: the write is answered while this publishes.
             tokio::spawn(async move {
                 let _slot = slot;
+                let _ = tokio::time::timeout(limit, waiting.refresh(&*queue)).await;
+                if !waiting.reserve() {
+                    let skipped = stats.over_bound.fetch_add(1, Ordering::Relaxed) + 1;
+                    if waiting.full.swap(true, Ordering::Relaxed) {
+                        tracing::debug!(
+                            ?change,
+                            skipped,
+                            "the changes queue is full: not published"
+                        );
+                    } else {
+                        tracing::warn!(
+                            ?change,
+                            max_waiting = waiting.max,
+                            skipped,
+                            "the changes queue holds its bound (are the workers running?): changes are not published until it drains; the scheduled re-bake will catch up"
+                        );
+                    }
+                    return;
+                }
+                waiting.full.store(false, Ordering::Relaxed);
                 match tokio::time::timeout(limit, publish(&*queue, change.clone())).await {
                     Ok(Ok(())) => {
                         stats.published.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Err(e)) => {
+                        waiting.unreserve();
                         stats.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(?change, error = %e, "could not publish a change: the scheduled re-bake will catch up");
                     }
                     Err(_) => {
+                        waiting.unreserve();
                         stats.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(?change, limit = ?limit, "publishing a change timed out: the scheduled re-bake will catch up");
                     }

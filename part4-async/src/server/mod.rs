@@ -149,6 +149,7 @@
 //! | `JOBS` | `--jobs` | `async` (`async` \| `sync`, the anti-pattern) |
 //! | `ANSWER` | `--answer` | `after-insert` (\| `after-confirm`: when the `202` goes out, above) |
 //! | `MAX_QUEUE_DEPTH` | `--max-queue-depth` | `1000` waiting jobs |
+//! | `CHANGES_MAX_WAITING` | `--changes-max-waiting` | `10000` changes waiting for the workers, past which this clone publishes no more (`crate::changes`, **Bounded**) |
 //! | `DEPTH_CHECK_MS` | `--depth-check-ms` | `100` (how often a task of the clone reads the depth; 0: every `POST` reads it) |
 //! | `RETRY_AFTER_SECS` | `--retry-after-secs` | `5` (the `Retry-After` of a refused `POST`) |
 //! | `QUEUE_TIMEOUT_MS` | `--queue-timeout-ms` | `2000` (the longest a depth read, or a publish and its confirm, may take) |
@@ -283,6 +284,10 @@ pub struct Part4Config {
     /// `Retry-After` and enqueues nothing.
     #[arg(long, env = "MAX_QUEUE_DEPTH", default_value_t = DEFAULT_MAX_QUEUE_DEPTH)]
     pub max_queue_depth: u64,
+    /// Changes waiting for the workers past which this clone publishes no
+    /// more (the changes queue's bound; the scheduled re-bake catches up).
+    #[arg(long, env = "CHANGES_MAX_WAITING", default_value_t = crate::changes::MAX_WAITING)]
+    pub changes_max_waiting: u64,
     /// How old the queue depth read from the broker may be, in ms (0: read
     /// it on every `POST /jobs`).
     #[arg(long, env = "DEPTH_CHECK_MS", default_value_t = 100)]
@@ -363,6 +368,7 @@ pub async fn build_with_jobs(config: Part4Config) -> anyhow::Result<(Application
                 Arc::new(changes),
                 Duration::from_millis(config.queue_timeout_ms.max(1)),
                 Arc::new(crate::changes::PublishStats::default()),
+                config.changes_max_waiting,
             ));
             (Some(queue), None)
         }
@@ -1344,6 +1350,7 @@ mod tests {
         let c = Part4Config::try_parse_from(["part4-server"]).unwrap();
         assert_eq!(c.jobs, JobsMode::Async);
         assert_eq!(c.max_queue_depth, 1000);
+        assert_eq!(c.changes_max_waiting, 10_000);
         assert_eq!(c.queue.backend, crate::queue::Backend::RabbitMq);
         let c = Part4Config::try_parse_from([
             "part4-server",

@@ -414,3 +414,75 @@ async fn the_worker_binary_serves_health_does_changes_and_stops_on_sigterm() {
     let _ = std::fs::remove_dir_all(&bake_dir);
     db.drop().await;
 }
+
+/// The changes queue's bound: with no worker taking changes, a hook
+/// allowed 5 waiting publishes 5 of 20 commits and counts the other 15
+/// as over the bound; a commit once the queue is emptied (and the count
+/// read again) is published.
+async fn the_changes_queue_is_bounded(backend: Backend) {
+    use part2_database::server::Committed;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use part4_async::queue::JobConsumer;
+
+    let config = changes::queue_config(&support::config(backend));
+    let queue = Arc::new(
+        AnyQueue::connect(&config, &testing::stack())
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let stats = Arc::new(changes::PublishStats::default());
+    let hook = changes::after_commit(None, queue.clone(), DEADLINE, stats.clone(), 5);
+    for id in 1..=20 {
+        hook(Committed::Article { id }).await;
+    }
+    let settled = |want: u64| {
+        let stats = stats.clone();
+        move || {
+            let stats = stats.clone();
+            async move {
+                let n = stats.published.load(Relaxed)
+                    + stats.failed.load(Relaxed)
+                    + stats.dropped.load(Relaxed)
+                    + stats.over_bound.load(Relaxed);
+                (n == want).then_some(())
+            }
+        }
+    };
+    support::eventually("the 20 changes settled", settled(20)).await;
+    assert_eq!(stats.published.load(Relaxed), 5);
+    assert_eq!(stats.over_bound.load(Relaxed), 15);
+    assert_eq!(stats.failed.load(Relaxed), 0);
+    support::depth_becomes(&*queue, 5, 0).await;
+
+    // A worker drains it; the next count read (a second on) makes room.
+    let mut consumer = queue.consume("drain").await.unwrap();
+    for _ in 0..5 {
+        let d = consumer
+            .next(DEADLINE)
+            .await
+            .unwrap()
+            .expect("a change waiting");
+        consumer.ack(&d).await.unwrap();
+    }
+    // Closed, so the next change waits in the queue instead of being
+    // delivered to it.
+    consumer.close().await.unwrap();
+    support::depth_becomes(&*queue, 0, 0).await;
+    tokio::time::sleep(changes::WAITING_READ_EVERY).await;
+    hook(Committed::Article { id: 21 }).await;
+    support::eventually("the 21st change settled", settled(21)).await;
+    assert_eq!(stats.published.load(Relaxed), 6);
+    support::depth_becomes(&*queue, 1, 0).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_the_changes_queue_is_bounded() {
+    the_changes_queue_is_bounded(Backend::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn redis_the_changes_queue_is_bounded() {
+    the_changes_queue_is_bounded(Backend::Redis).await;
+}
