@@ -87,7 +87,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use part1_clones::error::ApiError;
 use part2_database::server::{AfterCommit, Committed};
@@ -99,7 +98,9 @@ use sqlx::MySqlPool;
 use crate::bake::{Baked, Baker, UnsafeUsername};
 use crate::fanout::{Fanout, Timelines};
 use crate::job::{Envelope, JobId, now_ms};
-use crate::queue::{Delivery, JobConsumer, JobQueue, QueueConfig, QueueError};
+use crate::queue::{
+    Delivery, Handler, JobConsumer, JobQueue, QueueConfig, QueueError, consume_until_stopped,
+};
 
 /// The suffix of the changes queue's name: `<QUEUE_NAME>.changes`.
 pub const SUFFIX: &str = ".changes";
@@ -465,14 +466,11 @@ pub struct ChangeStats {
     pub timelines: AtomicU64,
 }
 
-enum Decision {
+pub(crate) enum Decision {
     Ack(ChangeOutcome),
     Requeue(ChangeOutcome),
     DeadLetter(ChangeOutcome),
 }
-
-/// How long one wait for a change lasts before the loop looks around.
-const POLL: Duration = Duration::from_secs(1);
 
 /// Takes changes and does them.
 pub struct ChangeWorker {
@@ -678,59 +676,44 @@ impl ChangeWorker {
         mut consumer: C,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<u64, QueueError> {
-        let shutdown = shutdown.fuse();
-        futures::pin_mut!(shutdown);
-        let mut handled = 0u64;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                next = consumer.next(POLL) => next,
-            };
-            let delivery = match next {
-                Ok(Some(d)) => d,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(worker = %self.name, error = %e, retry_in = ?backoff, "cannot take changes");
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            let mut stopping = false;
-            let (change, decision) = {
-                let work = self.process(&delivery);
-                futures::pin_mut!(work);
-                tokio::select! {
-                    biased;
-                    d = &mut work => d,
-                    () = &mut shutdown => {
-                        stopping = true;
-                        match tokio::time::timeout(self.grace, &mut work).await {
-                            Ok(d) => d,
-                            Err(_) => (None, Decision::Requeue(ChangeOutcome::Returned)),
-                        }
-                    }
-                }
-            };
-            let processed = self
-                .settle(&mut consumer, &delivery, change, decision)
-                .await;
-            tracing::debug!(worker = %self.name, change = ?processed.change, attempt = processed.attempt, outcome = ?processed.outcome, "change handled");
-            handled += 1;
-            if stopping {
-                break;
-            }
-        }
+        let handled = consume_until_stopped(
+            self,
+            &mut consumer,
+            shutdown,
+            self.grace,
+            &self.name,
+            "changes",
+        )
+        .await;
         consumer.close().await?;
         tracing::info!(worker = %self.name, handled, "changes: stopped");
         Ok(handled)
+    }
+}
+
+/// The change worker's step in the consume loop.
+impl<C: JobConsumer> Handler<C> for ChangeWorker {
+    type Decision = (Option<Change>, Decision);
+
+    fn process(
+        &self,
+        delivery: &Delivery,
+    ) -> impl Future<Output = (Option<Change>, Decision)> + Send {
+        ChangeWorker::process(self, delivery)
+    }
+
+    fn returned(&self) -> (Option<Change>, Decision) {
+        (None, Decision::Requeue(ChangeOutcome::Returned))
+    }
+
+    async fn settle(
+        &self,
+        consumer: &mut C,
+        delivery: &Delivery,
+        (change, decision): (Option<Change>, Decision),
+    ) {
+        let processed = ChangeWorker::settle(self, consumer, delivery, change, decision).await;
+        tracing::debug!(worker = %self.name, change = ?processed.change, attempt = processed.attempt, outcome = ?processed.outcome, "change handled");
     }
 }
 

@@ -347,6 +347,97 @@ pub trait JobConsumer: Send + 'static {
     fn close(self) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
+/// What a consume loop ([`consume_until_stopped`]) does with each
+/// delivery: the job worker's and the change worker's one step each.
+pub(crate) trait Handler<C: JobConsumer>: Sync {
+    /// What doing a delivery decided (ack, requeue, dead-letter, and what
+    /// the settling needs to know).
+    type Decision: Send;
+    /// Does the delivery's work.
+    fn process(&self, delivery: &Delivery) -> impl Future<Output = Self::Decision> + Send;
+    /// The decision for work cut short by a stop: it goes back.
+    fn returned(&self) -> Self::Decision;
+    /// Tells the queue what was decided (and logs it).
+    fn settle(
+        &self,
+        consumer: &mut C,
+        delivery: &Delivery,
+        decision: Self::Decision,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// How long one wait for a delivery lasts before the loop looks around.
+pub(crate) const POLL: Duration = Duration::from_secs(1);
+
+/// The loop every worker runs, until `shutdown` resolves: take the next
+/// delivery (an unreachable queue is tried again, 100 ms apart doubling
+/// to 5 s; RabbitMQ reconnects inside `next`), do it, settle it. A stop
+/// while a delivery is being worked on gives it `grace` to finish, then
+/// returns it ([`Handler::returned`]); either way the loop ends after
+/// settling it. Returns the deliveries handled (the caller closes the
+/// consumer).
+pub(crate) async fn consume_until_stopped<C: JobConsumer, H: Handler<C>>(
+    handler: &H,
+    consumer: &mut C,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+    worker: &str,
+    what: &str,
+) -> u64 {
+    use futures::FutureExt;
+    let shutdown = shutdown.fuse();
+    futures::pin_mut!(shutdown);
+    let mut handled = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            next = consumer.next(POLL) => next,
+        };
+        let delivery = match next {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(worker, error = %e, retry_in = ?backoff, "cannot take {what}");
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let mut stopping = false;
+        let decision = {
+            let work = handler.process(&delivery);
+            futures::pin_mut!(work);
+            tokio::select! {
+                biased;
+                d = &mut work => d,
+                () = &mut shutdown => {
+                    stopping = true;
+                    tracing::info!(worker, ?grace, "stopping: finishing the one in hand ({what})");
+                    match tokio::time::timeout(grace, &mut work).await {
+                        Ok(d) => d,
+                        // Dropping `work` drops what it held (a job's
+                        // transaction rolls back).
+                        Err(_) => handler.returned(),
+                    }
+                }
+            }
+        };
+        handler.settle(consumer, &delivery, decision).await;
+        handled += 1;
+        if stopping {
+            break;
+        }
+    }
+    handled
+}
+
 /// Either backend, chosen at run time by `--queue`.
 pub enum AnyQueue {
     /// RabbitMQ.

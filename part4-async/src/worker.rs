@@ -88,12 +88,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
-
 use crate::export;
 use crate::job::{Completed, Effect, Envelope, JobId, JobKind, JobStore};
 use crate::queue::{
-    AnyQueue, DeadLetter, DeadLetters, Delivery, JobConsumer, JobQueue, QueueError,
+    AnyQueue, DeadLetter, DeadLetters, Delivery, Handler, JobConsumer, JobQueue, POLL, QueueError,
+    consume_until_stopped,
 };
 
 /// The worker's own settings (the queue's are [`crate::queue::QueueConfig`]).
@@ -244,7 +243,7 @@ pub struct Swept {
 }
 
 /// What a job attempt decided, before it is told to the queue.
-enum Decision {
+pub(crate) enum Decision {
     Ack(Outcome),
     Requeue(Outcome),
     DeadLetter(Outcome),
@@ -261,9 +260,6 @@ pub struct Worker {
     sweep_limit: u32,
     stats: Arc<WorkerStats>,
 }
-
-/// How long one wait for a job lasts before the loop looks around again.
-const POLL: Duration = Duration::from_secs(1);
 
 /// How long housekeeping may take to stop once the worker has.
 const HOUSEKEEPING_STOP: Duration = Duration::from_secs(2);
@@ -355,70 +351,16 @@ impl Worker {
         mut consumer: C,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<u64, QueueError> {
-        let shutdown = shutdown.fuse();
-        futures::pin_mut!(shutdown);
         let housekeeping = self.start_housekeeping(consumer.reopen()).await;
-        let mut handled = 0u64;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                next = consumer.next(POLL) => next,
-            };
-            let delivery = match next {
-                Ok(Some(d)) => d,
-                Ok(None) => continue,
-                Err(e) => {
-                    // The queue is unreachable (RabbitMQ reconnects inside
-                    // `next`; this is Redis, or a broken connection): wait
-                    // and try again, unless told to stop.
-                    tracing::warn!(worker = %self.name, error = %e, retry_in = ?backoff, "cannot take jobs");
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            let mut stopping = false;
-            let decision = {
-                let work = self.process(&delivery);
-                futures::pin_mut!(work);
-                tokio::select! {
-                    biased;
-                    d = &mut work => d,
-                    () = &mut shutdown => {
-                        stopping = true;
-                        tracing::info!(worker = %self.name, grace = ?self.grace, "stopping: finishing the job in hand");
-                        match tokio::time::timeout(self.grace, &mut work).await {
-                            Ok(d) => d,
-                            // Dropping `work` rolls back its transaction.
-                            Err(_) => Decision::Requeue(Outcome::Returned),
-                        }
-                    }
-                }
-            };
-            if let (Decision::Requeue(Outcome::Returned), Ok(envelope)) =
-                (&decision, &delivery.envelope)
-            {
-                let note = "the worker stopped before finishing it: back in the queue";
-                if let Err(e) = self.store.retrying(&envelope.id, note).await {
-                    tracing::warn!(worker = %self.name, error = %e, "could not record the returned job");
-                }
-            }
-            let processed = self.settle(&mut consumer, &delivery, decision).await;
-            // DEBUG: a demo runs workers in-process through hundreds of
-            // jobs; retries and dead letters are logged where they happen.
-            tracing::debug!(worker = %self.name, job = ?processed.job_id.as_ref().map(|i| i.to_string()), attempt = processed.attempt, outcome = ?processed.outcome, "handled");
-            handled += 1;
-            if stopping {
-                break;
-            }
-        }
+        let handled = consume_until_stopped(
+            self,
+            &mut consumer,
+            shutdown,
+            self.grace,
+            &self.name,
+            "jobs",
+        )
+        .await;
         if let Some((stop, task)) = housekeeping {
             let _ = stop.send(true);
             let abort = task.abort_handle();
@@ -739,5 +681,33 @@ impl Worker {
             tracing::info!(worker = %self.name, job = %id, %reason, attempt, "retrying");
             Decision::Requeue(Outcome::Retried { reason })
         }
+    }
+}
+
+/// The job worker's step in the consume loop.
+impl<C: JobConsumer> Handler<C> for Worker {
+    type Decision = Decision;
+
+    fn process(&self, delivery: &Delivery) -> impl Future<Output = Decision> + Send {
+        Worker::process(self, delivery)
+    }
+
+    fn returned(&self) -> Decision {
+        Decision::Requeue(Outcome::Returned)
+    }
+
+    async fn settle(&self, consumer: &mut C, delivery: &Delivery, decision: Decision) {
+        if let (Decision::Requeue(Outcome::Returned), Ok(envelope)) =
+            (&decision, &delivery.envelope)
+        {
+            let note = "the worker stopped before finishing it: back in the queue";
+            if let Err(e) = self.store.retrying(&envelope.id, note).await {
+                tracing::warn!(worker = %self.name, error = %e, "could not record the returned job");
+            }
+        }
+        let processed = Worker::settle(self, consumer, delivery, decision).await;
+        // DEBUG: a demo runs workers through hundreds of jobs; retries and
+        // dead letters are logged where they happen.
+        tracing::debug!(worker = %self.name, job = ?processed.job_id.as_ref().map(|i| i.to_string()), attempt = processed.attempt, outcome = ?processed.outcome, "handled");
     }
 }
