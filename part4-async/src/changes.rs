@@ -56,18 +56,23 @@
 //! with every write, though its messages are worth little once the next
 //! full re-bake has run. So each clone's hook stops publishing while
 //! `CHANGES_MAX_WAITING` changes (default [`MAX_WAITING`]) wait on the
-//! queue, and counts what it skipped ([`PublishStats::over_bound`]; the
-//! scheduled re-bake catches up). It knows the count as the jobs' gate
-//! does: the broker's own count ([`JobQueue::ready`], asked at most every
-//! [`WAITING_READ_EVERY`], by a publishing task, never by the write),
-//! plus this clone's publishes since. So the bound holds to within what
-//! the clones publish in one second, on both backends, with nothing to
-//! configure on the broker. (The broker's own bound, RabbitMQ's
-//! `x-max-length` with `drop-head`, was not used: a queue declared
-//! without it cannot be re-declared with it, `PRECONDITION_FAILED`, so
-//! every lab broker would need the queue deleted first; and a quorum
-//! queue with `drop-head` falls back from at-least-once to at-most-once
-//! dead-lettering. Production sets such a bound by policy.)
+//! queue, and counts what it skipped ([`PublishStats::over_bound`]). What
+//! a skipped change would have done is caught up as a lost change's is:
+//! the pages by the scheduled re-bake, a post's fan-out by the author's
+//! next post ([`crate::fanout`]); a new friendship's timeline push is
+//! not (each timeline shows the other's articles from their next post on).
+//! The hook knows the count as the jobs' gate does: the broker's own
+//! count ([`JobQueue::ready`], asked at most every [`WAITING_READ_EVERY`],
+//! by a publishing task, never by the write), plus this clone's publishes
+//! since. So the bound holds to within what the clones publish in one
+//! second plus what was in flight at a read (at most [`MAX_IN_FLIGHT`]
+//! per clone), on both backends, with nothing to configure on the broker.
+//! (The broker's own bound, RabbitMQ's `x-max-length` with `drop-head`,
+//! was not used: a queue declared without it cannot be re-declared with
+//! it, `PRECONDITION_FAILED`, so every lab broker would need the queue
+//! deleted first; and a quorum queue with `drop-head` falls back from
+//! at-least-once to at-most-once dead-lettering. Production sets such a
+//! bound by policy.)
 //!
 //! **Idempotent by nature.** Every effect of a change converges: a
 //! re-fill stores what the database says now, a re-bake writes the page
@@ -217,9 +222,24 @@ struct Waiting {
     /// One question to the broker at a time: the tasks that find the
     /// count due wait for the first one's answer instead of all asking.
     reading: tokio::sync::Mutex<()>,
-    /// Set while publishes are being skipped: the first skip after a
-    /// publish is logged as a warning, the rest at debug level.
+    /// Set while publishes are being skipped, cleared once the count is
+    /// back under half the bound: the first skip of each spell is logged
+    /// as a warning, the rest at debug level.
     full: AtomicBool,
+}
+
+/// Records a read as made when dropped, so a read cut short (its task's
+/// deadline) is not started again by every task waiting behind it.
+struct MarkRead<'a>(&'a Waiting, tokio::time::Instant);
+
+impl Drop for MarkRead<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .read_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self.1);
+    }
 }
 
 impl Waiting {
@@ -241,7 +261,8 @@ impl Waiting {
     }
 
     /// Asks the broker if the count is due. A failed read keeps the old
-    /// count (the publish that follows will fail too, and be counted).
+    /// count (the publish that follows will most likely fail too, and be
+    /// counted).
     async fn refresh<Q: JobQueue>(&self, queue: &Q) {
         if !self.due() {
             return;
@@ -250,24 +271,24 @@ impl Waiting {
         if !self.due() {
             return;
         }
-        let asked = tokio::time::Instant::now();
+        let _mark = MarkRead(self, tokio::time::Instant::now());
         match queue.ready().await {
             Ok(n) => self.count.store(n, Ordering::SeqCst),
-            Err(e) => tracing::debug!(error = %e, "could not count the waiting changes"),
+            // At most once a WAITING_READ_EVERY per clone.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not count the changes waiting: the bound uses the last count")
+            }
         }
-        *self
-            .read_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(asked);
     }
 
-    /// Room for one more? Counted at once if so.
-    fn reserve(&self) -> bool {
+    /// Room for one more? Counted at once if so: the count with it.
+    fn reserve(&self) -> Option<u64> {
         self.count
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
                 (c < self.max).then_some(c + 1)
             })
-            .is_ok()
+            .ok()
+            .map(|c| c + 1)
     }
 
     /// A reserved change that the queue did not take.
@@ -299,7 +320,7 @@ pub struct PublishStats {
 /// Part 2's after-commit hook, extended: `previous` first (part 3's
 /// invalidation, so the worker never re-fills before the delete), then
 /// the change handed to a task of its own that publishes it on `queue`
-/// (waiting at most `limit`), and the hook returns at once: **the user's
+/// (waiting at most `limit`, its count of waiting changes included), and the hook returns at once: **the user's
 /// write never waits for the broker**. With the broker down, a write
 /// costs what it cost in part 3, and the publishes time out in the
 /// background.
@@ -348,8 +369,10 @@ pub fn after_commit<Q: JobQueue>(
             // Not awaited: the write is answered while this publishes.
             tokio::spawn(async move {
                 let _slot = slot;
-                let _ = tokio::time::timeout(limit, waiting.refresh(&*queue)).await;
-                if !waiting.reserve() {
+                // One deadline for the count and the publish.
+                let deadline = tokio::time::Instant::now() + limit;
+                let _ = tokio::time::timeout_at(deadline, waiting.refresh(&*queue)).await;
+                let Some(now_waiting) = waiting.reserve() else {
                     let skipped = stats.over_bound.fetch_add(1, Ordering::Relaxed) + 1;
                     if waiting.full.swap(true, Ordering::Relaxed) {
                         tracing::debug!(
@@ -362,13 +385,15 @@ pub fn after_commit<Q: JobQueue>(
                             ?change,
                             max_waiting = waiting.max,
                             skipped,
-                            "the changes queue holds its bound (are the workers running?): changes are not published until it drains; the scheduled re-bake will catch up"
+                            "the changes queue holds its bound (are the workers running, and keeping up?): changes are not published until it drains; the scheduled re-bake will catch up the pages"
                         );
                     }
                     return;
+                };
+                if now_waiting <= waiting.max / 2 {
+                    waiting.full.store(false, Ordering::Relaxed);
                 }
-                waiting.full.store(false, Ordering::Relaxed);
-                match tokio::time::timeout(limit, publish(&*queue, change.clone())).await {
+                match tokio::time::timeout_at(deadline, publish(&*queue, change.clone())).await {
                     Ok(Ok(())) => {
                         stats.published.fetch_add(1, Ordering::Relaxed);
                     }
@@ -695,10 +720,7 @@ impl ChangeWorker {
 impl<C: JobConsumer> Handler<C> for ChangeWorker {
     type Decision = (Option<Change>, Decision);
 
-    fn process(
-        &self,
-        delivery: &Delivery,
-    ) -> impl Future<Output = (Option<Change>, Decision)> + Send {
+    fn work(&self, delivery: &Delivery) -> impl Future<Output = (Option<Change>, Decision)> + Send {
         ChangeWorker::process(self, delivery)
     }
 
@@ -706,7 +728,7 @@ impl<C: JobConsumer> Handler<C> for ChangeWorker {
         (None, Decision::Requeue(ChangeOutcome::Returned))
     }
 
-    async fn settle(
+    async fn finish(
         &self,
         consumer: &mut C,
         delivery: &Delivery,

@@ -354,11 +354,11 @@ pub(crate) trait Handler<C: JobConsumer>: Sync {
     /// the settling needs to know).
     type Decision: Send;
     /// Does the delivery's work.
-    fn process(&self, delivery: &Delivery) -> impl Future<Output = Self::Decision> + Send;
+    fn work(&self, delivery: &Delivery) -> impl Future<Output = Self::Decision> + Send;
     /// The decision for work cut short by a stop: it goes back.
     fn returned(&self) -> Self::Decision;
     /// Tells the queue what was decided (and logs it).
-    fn settle(
+    fn finish(
         &self,
         consumer: &mut C,
         delivery: &Delivery,
@@ -399,7 +399,7 @@ pub(crate) async fn consume_until_stopped<C: JobConsumer, H: Handler<C>>(
             Ok(Some(d)) => d,
             Ok(None) => continue,
             Err(e) => {
-                tracing::warn!(worker, error = %e, retry_in = ?backoff, "cannot take {what}");
+                tracing::warn!(worker = %worker, error = %e, retry_in = ?backoff, "cannot take {what}");
                 tokio::select! {
                     biased;
                     () = &mut shutdown => break,
@@ -412,14 +412,14 @@ pub(crate) async fn consume_until_stopped<C: JobConsumer, H: Handler<C>>(
         backoff = Duration::from_millis(100);
         let mut stopping = false;
         let decision = {
-            let work = handler.process(&delivery);
+            let work = handler.work(&delivery);
             futures::pin_mut!(work);
             tokio::select! {
                 biased;
                 d = &mut work => d,
                 () = &mut shutdown => {
                     stopping = true;
-                    tracing::info!(worker, ?grace, "stopping: finishing the one in hand ({what})");
+                    tracing::info!(worker = %worker, ?grace, "stopping: finishing the one in hand ({what})");
                     match tokio::time::timeout(grace, &mut work).await {
                         Ok(d) => d,
                         // Dropping `work` drops what it held (a job's
@@ -429,7 +429,7 @@ pub(crate) async fn consume_until_stopped<C: JobConsumer, H: Handler<C>>(
                 }
             }
         };
-        handler.settle(consumer, &delivery, decision).await;
+        handler.finish(consumer, &delivery, decision).await;
         handled += 1;
         if stopping {
             break;

@@ -688,7 +688,7 @@ impl Worker {
 impl<C: JobConsumer> Handler<C> for Worker {
     type Decision = Decision;
 
-    fn process(&self, delivery: &Delivery) -> impl Future<Output = Decision> + Send {
+    fn work(&self, delivery: &Delivery) -> impl Future<Output = Decision> + Send {
         Worker::process(self, delivery)
     }
 
@@ -696,7 +696,7 @@ impl<C: JobConsumer> Handler<C> for Worker {
         Decision::Requeue(Outcome::Returned)
     }
 
-    async fn settle(&self, consumer: &mut C, delivery: &Delivery, decision: Decision) {
+    async fn finish(&self, consumer: &mut C, delivery: &Delivery, decision: Decision) {
         if let (Decision::Requeue(Outcome::Returned), Ok(envelope)) =
             (&decision, &delivery.envelope)
         {

@@ -279,7 +279,7 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<BakedRun> {
     figure(
         Kind::Computed,
         format!(
-            "baked / dynamic throughput: {ratio:.1}x (the goal, 20x or more: {}); baked / part 3's cached page: {ratio_cached:.1}x",
+            "baked / dynamic throughput: {ratio:.2}x (the goal, 20x or more: {}); baked / part 3's cached page: {ratio_cached:.1}x",
             if ratio >= GOAL_RATIO { "met" } else { "MISSED" }
         ),
     );

@@ -286,7 +286,13 @@ pub struct Part4Config {
     pub max_queue_depth: u64,
     /// Changes waiting for the workers past which this clone publishes no
     /// more (the changes queue's bound; the scheduled re-bake catches up).
-    #[arg(long, env = "CHANGES_MAX_WAITING", default_value_t = crate::changes::MAX_WAITING)]
+    /// At least 1.
+    #[arg(
+        long,
+        env = "CHANGES_MAX_WAITING",
+        default_value_t = crate::changes::MAX_WAITING,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub changes_max_waiting: u64,
     /// How old the queue depth read from the broker may be, in ms (0: read
     /// it on every `POST /jobs`).
@@ -1351,6 +1357,9 @@ mod tests {
         assert_eq!(c.jobs, JobsMode::Async);
         assert_eq!(c.max_queue_depth, 1000);
         assert_eq!(c.changes_max_waiting, 10_000);
+        assert!(
+            Part4Config::try_parse_from(["part4-server", "--changes-max-waiting", "0"]).is_err()
+        );
         assert_eq!(c.queue.backend, crate::queue::Backend::RabbitMq);
         let c = Part4Config::try_parse_from([
             "part4-server",

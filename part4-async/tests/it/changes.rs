@@ -4,7 +4,8 @@
 //! it; a message that is not a change dead-lettered, the others going
 //! through. An in-process `part4-server` (port 0, a database, queues, a
 //! key prefix and a bake directory of the test's own) and a change
-//! worker stepped one delivery at a time: no sleeps, no timed asserts.
+//! worker stepped one delivery at a time: no timed asserts, and one
+//! sleep (the bound's test waits out the hook's count interval, 1 s).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -415,10 +416,10 @@ async fn the_worker_binary_serves_health_does_changes_and_stops_on_sigterm() {
     db.drop().await;
 }
 
-/// The changes queue's bound: with no worker taking changes, a hook
-/// allowed 5 waiting publishes 5 of 20 commits and counts the other 15
-/// as over the bound; a commit once the queue is emptied (and the count
-/// read again) is published.
+/// The changes queue's bound, counted from the broker: with 3 changes
+/// already waiting and no worker taking them, a hook allowed 5 publishes
+/// 2 of 20 commits and counts 18 over the bound; once a worker has taken
+/// 3 and the count is read again (a second on), 3 of 5 more go through.
 async fn the_changes_queue_is_bounded(backend: Backend) {
     use part2_database::server::Committed;
     use std::sync::Arc;
@@ -432,11 +433,13 @@ async fn the_changes_queue_is_bounded(backend: Backend) {
             .await
             .unwrap_or_else(|e| panic!("{e}")),
     );
+    for id in 1..=3 {
+        changes::publish(&*queue, Change::Article { id })
+            .await
+            .unwrap();
+    }
     let stats = Arc::new(changes::PublishStats::default());
     let hook = changes::after_commit(None, queue.clone(), DEADLINE, stats.clone(), 5);
-    for id in 1..=20 {
-        hook(Committed::Article { id }).await;
-    }
     let settled = |want: u64| {
         let stats = stats.clone();
         move || {
@@ -450,15 +453,18 @@ async fn the_changes_queue_is_bounded(backend: Backend) {
             }
         }
     };
+    for id in 1..=20 {
+        hook(Committed::Article { id }).await;
+    }
     support::eventually("the 20 changes settled", settled(20)).await;
-    assert_eq!(stats.published.load(Relaxed), 5);
-    assert_eq!(stats.over_bound.load(Relaxed), 15);
+    assert_eq!(stats.published.load(Relaxed), 2);
+    assert_eq!(stats.over_bound.load(Relaxed), 18);
     assert_eq!(stats.failed.load(Relaxed), 0);
     support::depth_becomes(&*queue, 5, 0).await;
 
-    // A worker drains it; the next count read (a second on) makes room.
+    // A worker takes 3; the next count (a second on) makes room for 3.
     let mut consumer = queue.consume("drain").await.unwrap();
-    for _ in 0..5 {
+    for _ in 0..3 {
         let d = consumer
             .next(DEADLINE)
             .await
@@ -466,15 +472,18 @@ async fn the_changes_queue_is_bounded(backend: Backend) {
             .expect("a change waiting");
         consumer.ack(&d).await.unwrap();
     }
-    // Closed, so the next change waits in the queue instead of being
+    // Closed, so the next changes wait in the queue instead of being
     // delivered to it.
     consumer.close().await.unwrap();
-    support::depth_becomes(&*queue, 0, 0).await;
+    support::depth_becomes(&*queue, 2, 0).await;
     tokio::time::sleep(changes::WAITING_READ_EVERY).await;
-    hook(Committed::Article { id: 21 }).await;
-    support::eventually("the 21st change settled", settled(21)).await;
-    assert_eq!(stats.published.load(Relaxed), 6);
-    support::depth_becomes(&*queue, 1, 0).await;
+    for id in 21..=25 {
+        hook(Committed::Article { id }).await;
+    }
+    support::eventually("the 25 changes settled", settled(25)).await;
+    assert_eq!(stats.published.load(Relaxed), 5);
+    assert_eq!(stats.over_bound.load(Relaxed), 20);
+    support::depth_becomes(&*queue, 5, 0).await;
 }
 
 #[tokio::test]
