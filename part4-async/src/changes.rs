@@ -222,15 +222,15 @@ struct Waiting {
     /// One question to the broker at a time: the tasks that find the
     /// count due wait for the first one's answer instead of all asking.
     reading: tokio::sync::Mutex<()>,
-    /// Set while publishes are being skipped, cleared once the count is
-    /// back under half the bound: the first skip of each spell is logged
-    /// as a warning, the rest at debug level.
+    /// Set while publishes are being skipped, cleared once a publish finds
+    /// the count at or under half the bound: the first skip of each spell
+    /// is logged as a warning, the rest at debug level.
     full: AtomicBool,
 }
 
-/// Records a read as made when dropped, so a read cut short (its task's
-/// deadline) is not started again by every task waiting behind it.
-struct MarkRead<'a>(&'a Waiting, tokio::time::Instant);
+/// Records a read as made when it ends, answered or cut short (its
+/// task's deadline), so the tasks behind it do not start it again.
+struct MarkRead<'a>(&'a Waiting);
 
 impl Drop for MarkRead<'_> {
     fn drop(&mut self) {
@@ -238,7 +238,7 @@ impl Drop for MarkRead<'_> {
             .0
             .read_at
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self.1);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
     }
 }
 
@@ -260,18 +260,33 @@ impl Waiting {
             .is_none_or(|t| t.elapsed() >= WAITING_READ_EVERY)
     }
 
-    /// Asks the broker if the count is due. A failed read keeps the old
-    /// count (the publish that follows will most likely fail too, and be
-    /// counted).
+    /// Asks the broker if the count is due. The first count is waited
+    /// for (until it is read, the count says nothing); after that, a task
+    /// that finds another one reading goes on with the count it has,
+    /// rather than spend its publish's time waiting. A failed read keeps
+    /// the old count (the publish that follows will most likely fail too,
+    /// and be counted).
     async fn refresh<Q: JobQueue>(&self, queue: &Q) {
         if !self.due() {
             return;
         }
-        let _one = self.reading.lock().await;
+        let never_read = self
+            .read_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none();
+        let _one = if never_read {
+            self.reading.lock().await
+        } else {
+            match self.reading.try_lock() {
+                Ok(one) => one,
+                Err(_) => return,
+            }
+        };
         if !self.due() {
             return;
         }
-        let _mark = MarkRead(self, tokio::time::Instant::now());
+        let _mark = MarkRead(self);
         match queue.ready().await {
             Ok(n) => self.count.store(n, Ordering::SeqCst),
             // At most once a WAITING_READ_EVERY per clone.
@@ -307,23 +322,24 @@ pub struct PublishStats {
     /// Changes the queue took.
     pub published: AtomicU64,
     /// Changes lost: the queue refused or did not answer in time (logged;
-    /// the scheduled re-bake catches up).
+    /// caught up as the module's **Bounded** says).
     pub failed: AtomicU64,
     /// Changes not even tried: [`MAX_IN_FLIGHT`] publishes were already
-    /// waiting on the queue (logged; the scheduled re-bake catches up).
+    /// waiting on the queue (logged; caught up as the module's **Bounded**
+    /// says).
     pub dropped: AtomicU64,
     /// Changes not published because the changes queue already held its
-    /// bound (`max_waiting`; the scheduled re-bake catches up).
+    /// bound (`max_waiting`; caught up as the module's **Bounded** says).
     pub over_bound: AtomicU64,
 }
 
 /// Part 2's after-commit hook, extended: `previous` first (part 3's
 /// invalidation, so the worker never re-fills before the delete), then
 /// the change handed to a task of its own that publishes it on `queue`
-/// (waiting at most `limit`, its count of waiting changes included), and the hook returns at once: **the user's
-/// write never waits for the broker**. With the broker down, a write
-/// costs what it cost in part 3, and the publishes time out in the
-/// background.
+/// (waiting at most `limit`, its count of waiting changes included), and
+/// the hook returns at once: **the user's write never waits for the
+/// broker**. With the broker down, a write costs what it cost in part 3,
+/// and the publishes time out in the background.
 ///
 /// At most [`MAX_IN_FLIGHT`] publishes are in flight; a change that
 /// finds them all taken is dropped and counted in
@@ -332,8 +348,8 @@ pub struct PublishStats {
 /// (see the module's **Bounded**), a change is not published and is
 /// counted in [`PublishStats::over_bound`]. Best effort throughout: a
 /// failed, timed-out, dropped or skipped change is logged and counted,
-/// never the user's error, and the scheduled full re-bake catches up
-/// what it missed.
+/// never the user's error; the pages it missed are caught up by the
+/// scheduled full re-bake, a post's fan-out by the author's next post.
 pub fn after_commit<Q: JobQueue>(
     previous: Option<AfterCommit>,
     queue: Arc<Q>,
@@ -362,7 +378,7 @@ pub fn after_commit<Q: JobQueue>(
                     ?change,
                     in_flight = MAX_IN_FLIGHT,
                     dropped,
-                    "too many changes waiting on the queue: dropped; the scheduled re-bake will catch up"
+                    "too many changes waiting on the queue: dropped; the scheduled re-bake will catch up the pages"
                 );
                 return;
             };
@@ -390,7 +406,7 @@ pub fn after_commit<Q: JobQueue>(
                     }
                     return;
                 };
-                if now_waiting <= waiting.max / 2 {
+                if now_waiting - 1 <= waiting.max / 2 {
                     waiting.full.store(false, Ordering::Relaxed);
                 }
                 match tokio::time::timeout_at(deadline, publish(&*queue, change.clone())).await {
@@ -400,12 +416,12 @@ pub fn after_commit<Q: JobQueue>(
                     Ok(Err(e)) => {
                         waiting.unreserve();
                         stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(?change, error = %e, "could not publish a change: the scheduled re-bake will catch up");
+                        tracing::warn!(?change, error = %e, "could not publish a change: the scheduled re-bake will catch up the pages");
                     }
                     Err(_) => {
                         waiting.unreserve();
                         stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(?change, limit = ?limit, "publishing a change timed out: the scheduled re-bake will catch up");
+                        tracing::warn!(?change, limit = ?limit, "publishing a change timed out: the scheduled re-bake will catch up the pages");
                     }
                 }
             });
@@ -774,6 +790,18 @@ mod tests {
                 .unwrap_err()
                 .contains("not a change")
         );
+    }
+
+    #[test]
+    fn the_count_of_waiting_changes_stops_at_the_bound_and_not_below_zero() {
+        let w = Waiting::new(2);
+        assert_eq!(w.reserve(), Some(1));
+        assert_eq!(w.reserve(), Some(2));
+        assert_eq!(w.reserve(), None);
+        for _ in 0..3 {
+            w.unreserve();
+        }
+        assert_eq!(w.reserve(), Some(1));
     }
 
     #[test]

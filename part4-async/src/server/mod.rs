@@ -285,7 +285,8 @@ pub struct Part4Config {
     #[arg(long, env = "MAX_QUEUE_DEPTH", default_value_t = DEFAULT_MAX_QUEUE_DEPTH)]
     pub max_queue_depth: u64,
     /// Changes waiting for the workers past which this clone publishes no
-    /// more (the changes queue's bound; the scheduled re-bake catches up).
+    /// more (the changes queue's bound; what is skipped is caught up as
+    /// `crate::changes` says).
     /// At least 1.
     #[arg(
         long,
