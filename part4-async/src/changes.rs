@@ -61,12 +61,13 @@
 //! the pages by the scheduled re-bake, a post's fan-out by the author's
 //! next post ([`crate::fanout`]); a new friendship's timeline push is
 //! not (each timeline shows the other's articles from their next post on).
-//! The hook knows the count as the jobs' gate does: the broker's own
-//! count ([`JobQueue::ready`], asked at most every [`WAITING_READ_EVERY`],
-//! by a publishing task, never by the write), plus this clone's publishes
-//! since. So the bound holds to within what the clones publish in one
-//! second plus what was in flight at a read (at most [`MAX_IN_FLIGHT`]
-//! per clone), on both backends, with nothing to configure on the broker.
+//! The hook counts with the gate `POST /jobs` uses for `MAX_QUEUE_DEPTH`
+//! (`DepthGate`, in `gate.rs`): the broker's own count
+//! ([`JobQueue::ready`], asked at most every [`WAITING_READ_EVERY`], by a
+//! publishing task, never by the write), plus this clone's publishes
+//! since, each counted from before it is sent. So the bound holds to
+//! within what the other clones publish in one second, on both backends,
+//! with nothing to configure on the broker.
 //! (The broker's own bound, RabbitMQ's `x-max-length` with `drop-head`,
 //! was not used: a queue declared without it cannot be re-declared with
 //! it, `PRECONDITION_FAILED`, so every lab broker would need the queue
@@ -102,6 +103,7 @@ use sqlx::MySqlPool;
 
 use crate::bake::{Baked, Baker, UnsafeUsername};
 use crate::fanout::{Fanout, Timelines};
+use crate::gate::DepthGate;
 use crate::job::{Envelope, JobId, now_ms};
 use crate::queue::{
     Delivery, Handler, JobConsumer, JobQueue, QueueConfig, QueueError, consume_until_stopped,
@@ -211,110 +213,11 @@ pub const MAX_WAITING: u64 = 10_000;
 /// asks the broker again.
 pub const WAITING_READ_EVERY: Duration = Duration::from_secs(1);
 
-/// A clone's count of the changes waiting on the queue: the broker's
-/// count, read at most every [`WAITING_READ_EVERY`], plus the publishes
-/// this clone made since.
-struct Waiting {
-    max: u64,
-    count: AtomicU64,
-    /// When the broker was last asked (`None`: never yet).
-    read_at: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// One question to the broker at a time: the tasks that find the
-    /// count due wait for the first one's answer instead of all asking.
-    reading: tokio::sync::Mutex<()>,
-    /// Set while publishes are being skipped, cleared once a publish finds
-    /// the count at or under half the bound: the first skip of each spell
-    /// is logged as a warning, the rest at debug level.
-    full: AtomicBool,
-}
-
-/// Records a read as made when it ends, answered or cut short (its
-/// task's deadline), so the tasks behind it do not start it again.
-struct MarkRead<'a>(&'a Waiting);
-
-impl Drop for MarkRead<'_> {
-    fn drop(&mut self) {
-        *self
-            .0
-            .read_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
-    }
-}
-
-impl Waiting {
-    fn new(max: u64) -> Self {
-        Waiting {
-            max,
-            count: AtomicU64::new(0),
-            read_at: std::sync::Mutex::new(None),
-            reading: tokio::sync::Mutex::new(()),
-            full: AtomicBool::new(false),
-        }
-    }
-
-    fn due(&self) -> bool {
-        self.read_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none_or(|t| t.elapsed() >= WAITING_READ_EVERY)
-    }
-
-    /// Asks the broker if the count is due. The first count is waited
-    /// for (until it is read, the count says nothing); after that, a task
-    /// that finds another one reading goes on with the count it has,
-    /// rather than spend its publish's time waiting. A failed read keeps
-    /// the old count (the publish that follows will most likely fail too,
-    /// and be counted).
-    async fn refresh<Q: JobQueue>(&self, queue: &Q) {
-        if !self.due() {
-            return;
-        }
-        let never_read = self
-            .read_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none();
-        let _one = if never_read {
-            self.reading.lock().await
-        } else {
-            match self.reading.try_lock() {
-                Ok(one) => one,
-                Err(_) => return,
-            }
-        };
-        if !self.due() {
-            return;
-        }
-        let _mark = MarkRead(self);
-        match queue.ready().await {
-            Ok(n) => self.count.store(n, Ordering::SeqCst),
-            // At most once a WAITING_READ_EVERY per clone.
-            Err(e) => {
-                tracing::warn!(error = %e, "could not count the changes waiting: the bound uses the last count")
-            }
-        }
-    }
-
-    /// Room for one more? Counted at once if so: the count with it.
-    fn reserve(&self) -> Option<u64> {
-        self.count
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
-                (c < self.max).then_some(c + 1)
-            })
-            .ok()
-            .map(|c| c + 1)
-    }
-
-    /// A reserved change that the queue did not take.
-    fn unreserve(&self) {
-        let _ = self
-            .count
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
-                Some(c.saturating_sub(1))
-            });
-    }
-}
+/// Whether the bound's warning was given for the current spell of skips:
+/// set by the first skip, cleared once a publish is admitted with the
+/// queue at or under half the bound (the rest of a spell logs at debug).
+#[derive(Default)]
+struct Full(AtomicBool);
 
 /// Publishes, failures and drops counted by the hook.
 #[derive(Debug, Default)]
@@ -358,14 +261,22 @@ pub fn after_commit<Q: JobQueue>(
     max_waiting: u64,
 ) -> AfterCommit {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let waiting = Arc::new(Waiting::new(max_waiting));
+    // The jobs' gate, read inline: no task renews its reading, a publish
+    // reads the broker once the reading is WAITING_READ_EVERY old.
+    let gate = Arc::new(DepthGate::new(
+        max_waiting,
+        WAITING_READ_EVERY,
+        WAITING_READ_EVERY,
+    ));
+    let full = Arc::new(Full::default());
     Arc::new(move |what: Committed| -> BoxFuture<'static, ()> {
-        let (previous, queue, stats, slots, waiting) = (
+        let (previous, queue, stats, slots, gate, full) = (
             previous.clone(),
             queue.clone(),
             stats.clone(),
             slots.clone(),
-            waiting.clone(),
+            gate.clone(),
+            full.clone(),
         );
         Box::pin(async move {
             if let Some(hook) = &previous {
@@ -387,39 +298,55 @@ pub fn after_commit<Q: JobQueue>(
                 let _slot = slot;
                 // One deadline for the count and the publish.
                 let deadline = tokio::time::Instant::now() + limit;
-                let _ = tokio::time::timeout_at(deadline, waiting.refresh(&*queue)).await;
-                let Some(now_waiting) = waiting.reserve() else {
-                    let skipped = stats.over_bound.fetch_add(1, Ordering::Relaxed) + 1;
-                    if waiting.full.swap(true, Ordering::Relaxed) {
-                        tracing::debug!(
-                            ?change,
-                            skipped,
-                            "the changes queue is full: not published"
-                        );
-                    } else {
-                        tracing::warn!(
-                            ?change,
-                            max_waiting = waiting.max,
-                            skipped,
-                            "the changes queue holds its bound (are the workers running, and keeping up?): changes are not published until it drains; the scheduled re-bake will catch up the pages"
-                        );
+                let admitted = match tokio::time::timeout_at(deadline, gate.admit(&*queue)).await {
+                    Ok(Ok(Ok(admitted))) => admitted,
+                    Ok(Ok(Err(waiting))) => {
+                        let skipped = stats.over_bound.fetch_add(1, Ordering::Relaxed) + 1;
+                        if full.0.swap(true, Ordering::Relaxed) {
+                            tracing::debug!(
+                                ?change,
+                                waiting,
+                                skipped,
+                                "the changes queue is full: not published"
+                            );
+                        } else {
+                            tracing::warn!(
+                                ?change,
+                                waiting,
+                                max_waiting = gate.max,
+                                skipped,
+                                "the changes queue holds its bound (are the workers running, and keeping up?): changes are not published until it drains; the scheduled re-bake will catch up the pages"
+                            );
+                        }
+                        return;
                     }
-                    return;
+                    Ok(Err(e)) => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(?change, error = %e, "could not count the changes waiting, so not published: the scheduled re-bake will catch up the pages");
+                        return;
+                    }
+                    Err(_) => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(?change, limit = ?limit, "counting the changes waiting timed out: the scheduled re-bake will catch up the pages");
+                        return;
+                    }
                 };
-                if now_waiting - 1 <= waiting.max / 2 {
-                    waiting.full.store(false, Ordering::Relaxed);
+                if admitted.waiting() - 1 <= gate.max / 2 {
+                    full.0.store(false, Ordering::Relaxed);
                 }
+                admitted.keep();
                 match tokio::time::timeout_at(deadline, publish(&*queue, change.clone())).await {
                     Ok(Ok(())) => {
+                        gate.sent(true);
                         stats.published.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Err(e)) => {
-                        waiting.unreserve();
+                        gate.sent(false);
                         stats.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(?change, error = %e, "could not publish a change: the scheduled re-bake will catch up the pages");
                     }
                     Err(_) => {
-                        waiting.unreserve();
+                        gate.sent(false);
                         stats.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(?change, limit = ?limit, "publishing a change timed out: the scheduled re-bake will catch up the pages");
                     }
@@ -790,18 +717,6 @@ mod tests {
                 .unwrap_err()
                 .contains("not a change")
         );
-    }
-
-    #[test]
-    fn the_count_of_waiting_changes_stops_at_the_bound_and_not_below_zero() {
-        let w = Waiting::new(2);
-        assert_eq!(w.reserve(), Some(1));
-        assert_eq!(w.reserve(), Some(2));
-        assert_eq!(w.reserve(), None);
-        for _ in 0..3 {
-            w.unreserve();
-        }
-        assert_eq!(w.reserve(), Some(1));
     }
 
     #[test]

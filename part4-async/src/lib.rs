@@ -31,7 +31,8 @@
 //! 6. [`server`]: the frontend. Part 3's server plus `POST /jobs`, which
 //!    answers `202 Accepted` at once, `GET /jobs/{id}` and its result, and
 //!    [`server::events`], which tells the user when it is done; with
-//!    backpressure, idempotent retries, and `--jobs sync`, the
+//!    backpressure (its depth gate in `gate.rs`, which bounds the changes
+//!    queue too), idempotent retries, and `--jobs sync`, the
 //!    anti-pattern, beside it. [`server::page`] is the page the user has
 //!    open (`GET /app`): start an export, watch it, be told it is done
 //!    (tested in a headless Chromium).
@@ -98,6 +99,7 @@ pub mod cli;
 pub mod demo;
 pub mod export;
 pub mod fanout;
+pub(crate) mod gate;
 pub mod job;
 pub mod queue;
 pub mod server;

@@ -16,9 +16,7 @@ pub async fn run(demo: &mut Demo) -> anyhow::Result<()> {
     figure(
         Kind::Measured,
         format!(
-            "{} rows in {:.1} s: {:.0} rows/s (batches of 1,000 rows)",
-            stats.rows,
-            stats.seconds,
+            "{stats}: {:.0} rows/s (batches of 1,000 rows)",
             stats.rate()
         ),
     );

@@ -338,13 +338,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
             part2_database::schema::migrate(&pool).await?;
             let stats = part2_database::schema::load(&pool, &spec).await?;
-            (
-                pool,
-                format!(
-                    "loaded afresh ({} rows in {:.1} s)",
-                    stats.rows, stats.seconds
-                ),
-            )
+            (pool, format!("loaded afresh ({stats})"))
         }
     };
     let replica_url = with_database(&stack.mariadb_replica_url, &args.database);

@@ -174,13 +174,7 @@ impl Demo {
                 .await?;
                 part2_database::schema::migrate(&pool).await?;
                 let stats = part2_database::schema::load(&pool, &spec).await?;
-                (
-                    pool,
-                    format!(
-                        "loaded afresh ({} rows in {:.1} s)",
-                        stats.rows, stats.seconds
-                    ),
-                )
+                (pool, format!("loaded afresh ({stats})"))
             }
         };
         JobStore::migrate(&primary).await?;
