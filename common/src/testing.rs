@@ -27,6 +27,9 @@ use crate::config::StackConfig;
 /// How long a test waits for a service before it calls it missing.
 pub const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long [`TestDatabase::replicated`] waits for the replica.
+pub const REPLICATION_DEADLINE: Duration = Duration::from_secs(20);
+
 /// A service of the stack that a test could not reach.
 #[derive(Debug, thiserror::Error)]
 #[error("{service} is not reachable at {url}: run ./lab up ({reason})")]
@@ -156,6 +159,40 @@ impl TestDatabase {
             url,
             admin,
         })
+    }
+
+    /// Waits until the replica at `replica_url` has applied everything the
+    /// primary had committed when this is called (the primary's
+    /// `@@gtid_binlog_pos`, waited for with `MASTER_GTID_WAIT`), up to
+    /// [`REPLICATION_DEADLINE`]; panics after it, naming the command that
+    /// shows why.
+    ///
+    /// A test that writes its data straight into the primary and then
+    /// reads it through a server calls this in between: a server's read may
+    /// go to a replica, and a replica in rotation may lag up to its bound
+    /// (part 2's `REPLICA_MAX_LAG_MS`, a second by default). That lag is
+    /// part 2's lesson, not the test's subject.
+    pub async fn replicated(&self, replica_url: &str) {
+        let pos: String = sqlx::query_scalar("SELECT @@gtid_binlog_pos")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("reading the primary's @@gtid_binlog_pos: {e}"));
+        let replica = mariadb_at("MariaDB replica", replica_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let waited: Option<i64> = sqlx::query_scalar("SELECT MASTER_GTID_WAIT(?, ?)")
+            .bind(&pos)
+            .bind(REPLICATION_DEADLINE.as_secs_f64())
+            .fetch_one(&replica)
+            .await
+            .unwrap_or_else(|e| panic!("MASTER_GTID_WAIT on the replica: {e}"));
+        replica.close().await;
+        assert_eq!(
+            waited,
+            Some(0),
+            "the replica did not apply the primary's writes (up to {pos}) within \
+             {REPLICATION_DEADLINE:?}: is it replicating? ./lab status"
+        );
     }
 
     /// Drops the database.

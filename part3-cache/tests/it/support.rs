@@ -34,34 +34,8 @@ pub async fn loaded() -> Loaded {
         spec,
         replica_url,
     };
-    replicated(&l).await;
+    l.db.replicated(&stack.mariadb_replica_url).await;
     l
-}
-
-/// Polls the replica until the test database's articles are all there.
-async fn replicated(l: &Loaded) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let last: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM articles")
-        .fetch_one(&l.db.pool)
-        .await
-        .unwrap();
-    loop {
-        if let Ok(pool) = testing::mariadb_at("MariaDB replica", &l.replica_url).await {
-            let there: Option<i64> = sqlx::query_scalar("SELECT COUNT(*) FROM articles")
-                .fetch_one(&pool)
-                .await
-                .ok();
-            pool.close().await;
-            if there == Some(last) {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the test database never reached the replica (is it replicating? ./lab status)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Fails with the command that starts it if the cache server is not up.

@@ -57,6 +57,7 @@ impl Lab {
         tweak: impl FnOnce(&mut Part4Config),
     ) -> Lab {
         let db = Db::new().await;
+        db.replicated().await;
         let stack = testing::stack();
         let prefix = testing::unique_name("p4h");
         let queue_config = support::config(backend);

@@ -123,6 +123,14 @@ impl Db {
         Db { db, store }
     }
 
+    /// Waits until the replica has every write made on the primary so
+    /// far: a server's reads may go there (see
+    /// [`TestDatabase::replicated`]).
+    pub async fn replicated(&self) {
+        let replica = testing::stack().mariadb_replica_url;
+        self.db.replicated(&replica).await;
+    }
+
     pub async fn drop(self) {
         self.db.drop_database().await;
     }
