@@ -29,6 +29,11 @@ pub const CACHE_REQUESTS: &str = "lab_cache_requests_total";
 /// Jobs by what happened to them: counter {event = enqueued (a clone) |
 /// done | failed | dead_lettered (a worker)}.
 pub const JOBS: &str = "lab_jobs_total";
+/// Changes a clone's after-commit hook handed to the changes queue, by
+/// what happened to each: counter {result = published | failed (refused
+/// or timed out) | dropped (too many publishes in flight) | over_bound
+/// (the queue held `CHANGES_MAX_WAITING`)}. Part 4's clones.
+pub const CHANGES: &str = "lab_changes_total";
 /// Jobs a worker is running now: gauge.
 pub const JOBS_RUNNING: &str = "lab_jobs_running";
 /// The job queue as a worker reads it at each scrape: gauge {state =

@@ -48,7 +48,9 @@
 //! dropped and counted ([`PublishStats::dropped`]). A change that fails,
 //! times out or is dropped is logged, the user's write still succeeds,
 //! and the scheduled full re-bake (`part4-bake --interval-secs`) catches
-//! up what events missed. A transactional outbox (the change written in
+//! up what events missed. Every change's fate is counted on the clone's
+//! `/metrics` too: `lab_changes_total{result}`, `published`, `failed`,
+//! `dropped` or `over_bound`. A transactional outbox (the change written in
 //! the write's transaction, published from the table) would close that
 //! gap.
 //!
@@ -219,7 +221,8 @@ pub const WAITING_READ_EVERY: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Full(AtomicBool);
 
-/// Publishes, failures and drops counted by the hook.
+/// Publishes, failures and drops counted by the hook (each also in the
+/// process's `lab_changes_total{result}`, which `/metrics` shows).
 #[derive(Debug, Default)]
 pub struct PublishStats {
     /// Changes the queue took.
@@ -234,6 +237,16 @@ pub struct PublishStats {
     /// Changes not published because the changes queue already held its
     /// bound (`max_waiting`; caught up as the module's **Bounded** says).
     pub over_bound: AtomicU64,
+}
+
+impl PublishStats {
+    /// Counts one change's fate: in `n` (one of this struct's fields) and
+    /// in the process's `lab_changes_total{result}` (what `/metrics`
+    /// shows). Returns `n`'s new value.
+    fn count(n: &AtomicU64, result: &'static str) -> u64 {
+        metrics::counter!(common::metrics::CHANGES, "result" => result).increment(1);
+        n.fetch_add(1, Ordering::Relaxed) + 1
+    }
 }
 
 /// Part 2's after-commit hook, extended: `previous` first (part 3's
@@ -284,7 +297,7 @@ pub fn after_commit<Q: JobQueue>(
             }
             let change = Change::from(&what);
             let Ok(slot) = slots.try_acquire_owned() else {
-                let dropped = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let dropped = PublishStats::count(&stats.dropped, "dropped");
                 tracing::warn!(
                     ?change,
                     in_flight = MAX_IN_FLIGHT,
@@ -301,7 +314,7 @@ pub fn after_commit<Q: JobQueue>(
                 let admitted = match tokio::time::timeout_at(deadline, gate.admit(&*queue)).await {
                     Ok(Ok(Ok(admitted))) => admitted,
                     Ok(Ok(Err(waiting))) => {
-                        let skipped = stats.over_bound.fetch_add(1, Ordering::Relaxed) + 1;
+                        let skipped = PublishStats::count(&stats.over_bound, "over_bound");
                         if full.0.swap(true, Ordering::Relaxed) {
                             tracing::debug!(
                                 ?change,
@@ -321,12 +334,12 @@ pub fn after_commit<Q: JobQueue>(
                         return;
                     }
                     Ok(Err(e)) => {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        PublishStats::count(&stats.failed, "failed");
                         tracing::warn!(?change, error = %e, "could not count the changes waiting, so not published: the scheduled re-bake will catch up the pages");
                         return;
                     }
                     Err(_) => {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        PublishStats::count(&stats.failed, "failed");
                         tracing::warn!(?change, limit = ?limit, "counting the changes waiting timed out: the scheduled re-bake will catch up the pages");
                         return;
                     }
@@ -338,16 +351,16 @@ pub fn after_commit<Q: JobQueue>(
                 match tokio::time::timeout_at(deadline, publish(&*queue, change.clone())).await {
                     Ok(Ok(())) => {
                         gate.sent(true);
-                        stats.published.fetch_add(1, Ordering::Relaxed);
+                        PublishStats::count(&stats.published, "published");
                     }
                     Ok(Err(e)) => {
                         gate.sent(false);
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        PublishStats::count(&stats.failed, "failed");
                         tracing::warn!(?change, error = %e, "could not publish a change: the scheduled re-bake will catch up the pages");
                     }
                     Err(_) => {
                         gate.sent(false);
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        PublishStats::count(&stats.failed, "failed");
                         tracing::warn!(?change, limit = ?limit, "publishing a change timed out: the scheduled re-bake will catch up the pages");
                     }
                 }

@@ -71,8 +71,8 @@ impl ChangesLab {
     /// A server and a change worker over `db`; `tweak` adjusts the
     /// configuration both get.
     pub async fn start(db: Db, backend: Backend, tweak: impl FnOnce(&mut Part4Config)) -> Self {
-        // The test's rows, written on the primary, readable where the
-        // server reads.
+        // Rows a test added after `Db::new`, readable where the server
+        // reads.
         db.replicated().await;
         let stack = testing::stack();
         let prefix = testing::unique_name("p4c");
@@ -352,7 +352,6 @@ async fn a_change_for_a_vanished_article_removes_its_page() {
 #[tokio::test]
 async fn the_worker_binary_serves_health_does_changes_and_stops_on_sigterm() {
     let db = Db::new().await;
-    db.replicated().await;
     let stack = testing::stack();
     let config = support::config(Backend::Redis);
     let changes_queue = AnyQueue::connect(&changes::queue_config(&config), &stack)

@@ -57,7 +57,6 @@ impl Lab {
         tweak: impl FnOnce(&mut Part4Config),
     ) -> Lab {
         let db = Db::new().await;
-        db.replicated().await;
         let stack = testing::stack();
         let prefix = testing::unique_name("p4h");
         let queue_config = support::config(backend);
@@ -1137,16 +1136,28 @@ async fn binaries(backend: Backend) {
 
     // Both processes' /metrics parse and carry what the live page reads
     // (issue 10): the clone's queries by pool, the replica's lag as it
-    // sees it, ada's session found, the job it enqueued; the worker's job
-    // done, how many it runs, the queue's depth.
+    // sees it, ada's session found, the job it enqueued, the change its
+    // write published; the worker's job done, how many it runs, the
+    // queue's depth.
     let article = send(Method::GET, &url, "/articles/1", Some(&ada), None, &[]).await;
     assert_eq!(article.status, 200, "{}", article.body);
-    let wanted: [(&str, &[(&str, &str)]); 7] = [
+    let posted = send(
+        Method::POST,
+        &url,
+        "/articles",
+        Some(&ada),
+        Some(r#"{"title":"metrics","body":"counted"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(posted.status, 201, "{}", posted.body);
+    let wanted: [(&str, &[(&str, &str)]); 8] = [
         ("lab_db_queries_total", &[("pool", "primary")]),
         ("lab_db_queries_total", &[("pool", "replica")]),
         ("lab_replica_lag_seconds", &[("replica", "0")]),
         ("lab_sessions_total", &[("event", "found")]),
         ("lab_jobs_total", &[("event", "enqueued")]),
+        ("lab_changes_total", &[("result", "published")]),
         ("lab_cache_requests_total", &[("pattern", "object")]),
         (
             "lab_http_requests_total",

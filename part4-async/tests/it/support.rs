@@ -74,7 +74,8 @@ pub async fn depth_becomes<Q: JobQueue>(queue: &Q, ready: u64, dead: u64) {
 }
 
 /// A database with part 2's and part 4's schema, one user (id 1) with
-/// three articles and five comments, and user 2 with none.
+/// three articles and five comments, and user 2 with none; on the replica
+/// too by the time [`Db::new`] returns.
 pub struct Db {
     pub db: TestDatabase,
     pub store: JobStore,
@@ -120,7 +121,9 @@ impl Db {
             .unwrap();
         }
         let store = JobStore::new(db.pool.clone());
-        Db { db, store }
+        let db = Db { db, store };
+        db.replicated().await;
+        db
     }
 
     /// Waits until the replica has every write made on the primary so
