@@ -173,6 +173,76 @@ pub async fn fresh_database(service: &str, url: &str, database: &str) -> anyhow:
     Ok(common::testing::mariadb_at(service, &with_database(url, database)).await?)
 }
 
+/// A later part's demo data: its database on the primary and, by
+/// replication, on the replica.
+pub struct DemoData {
+    /// The database on the primary.
+    pub primary: MySqlPool,
+    /// The same database on the replica, once it holds every comment.
+    pub replica: MySqlPool,
+    /// How the data came to be, for the demo's dataset line: `kept
+    /// (--reuse)` or `loaded afresh (N rows in S s)`.
+    pub how: String,
+}
+
+/// Parts 3 and 4's dataset: with `reuse`, `database` as it is if it
+/// already holds `spec`'s data ([`crate::schema::loaded`]); otherwise
+/// dropped and loaded afresh. Then waits, up to 60 s, until the replica
+/// holds every comment (the load's biggest table but likes), since the
+/// demo's clones may read there.
+pub async fn open_dataset(
+    stack: &common::config::StackConfig,
+    database: &str,
+    spec: &DatasetSpec,
+    reuse: bool,
+) -> anyhow::Result<DemoData> {
+    let primary_url = with_database(&stack.mariadb_primary_url, database);
+    let reused = if reuse {
+        match common::testing::mariadb_at("MariaDB primary", &primary_url).await {
+            Ok(pool) if crate::schema::loaded(&pool, spec).await.unwrap_or(false) => Some(pool),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let (primary, how) = match reused {
+        Some(pool) => (pool, "kept (--reuse)".to_owned()),
+        None => {
+            let pool =
+                fresh_database("MariaDB primary", &stack.mariadb_primary_url, database).await?;
+            crate::schema::migrate(&pool).await?;
+            let stats = crate::schema::load(&pool, spec).await?;
+            (pool, format!("loaded afresh ({stats})"))
+        }
+    };
+    let replica_url = with_database(&stack.mariadb_replica_url, database);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let want: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM comments")
+        .fetch_one(&primary)
+        .await?;
+    loop {
+        if let Ok(replica) = common::testing::mariadb_at("MariaDB replica", &replica_url).await {
+            let have: Option<i64> = sqlx::query_scalar("SELECT COUNT(*) FROM comments")
+                .fetch_one(&replica)
+                .await
+                .ok();
+            if have == Some(want) {
+                return Ok(DemoData {
+                    primary,
+                    replica,
+                    how,
+                });
+            }
+            replica.close().await;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the demo's database did not reach the replica within 60 s (./lab status; is it replicating?)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `host:port` of a URL, for a chaos proxy in front of it.
 fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);

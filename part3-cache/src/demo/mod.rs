@@ -55,6 +55,7 @@ use common::demo::lesson;
 use common::measure::{Load, LoadReport};
 use common::results::{Kind, PartResults};
 use part1_clones::cluster::{Cluster, ClusterSpec};
+use part2_database::demo::{DemoData, open_dataset};
 use sqlx::MySqlPool;
 
 /// Part 3's demo.
@@ -313,36 +314,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let spec = DatasetSpec::new(42, args.scale);
     let t = Instant::now();
     let primary_url = with_database(&stack.mariadb_primary_url, &args.database);
-    let reused = if args.reuse {
-        match common::testing::mariadb_at("MariaDB primary", &primary_url).await {
-            Ok(pool)
-                if part2_database::schema::loaded(&pool, &spec)
-                    .await
-                    .unwrap_or(false) =>
-            {
-                Some(pool)
-            }
-            _ => None,
-        }
-    } else {
-        None
-    };
-    let (primary, how) = match reused {
-        Some(pool) => (pool, "kept (--reuse)".to_owned()),
-        None => {
-            let pool = part2_database::demo::fresh_database(
-                "MariaDB primary",
-                &stack.mariadb_primary_url,
-                &args.database,
-            )
-            .await?;
-            part2_database::schema::migrate(&pool).await?;
-            let stats = part2_database::schema::load(&pool, &spec).await?;
-            (pool, format!("loaded afresh ({stats})"))
-        }
-    };
     let replica_url = with_database(&stack.mariadb_replica_url, &args.database);
-    let replica = replicated(&primary, &replica_url).await?;
+    let DemoData {
+        primary,
+        replica,
+        how,
+    } = open_dataset(&stack, &args.database, &spec, args.reuse).await?;
     let mut results = PartResults::new(crate::PART, crate::TITLE, crate::CLAIM);
     results.set_repeat(args.demo.repeat);
     let mut demo = Demo {
@@ -486,32 +463,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// Waits until the demo's database has reached the replica, then returns a
-/// pool to it there.
-async fn replicated(primary: &MySqlPool, replica_url: &str) -> anyhow::Result<MySqlPool> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let want: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM comments")
-        .fetch_one(primary)
-        .await?;
-    loop {
-        if let Ok(pool) = common::testing::mariadb_at("MariaDB replica", replica_url).await {
-            let have: Option<i64> = sqlx::query_scalar("SELECT COUNT(*) FROM comments")
-                .fetch_one(&pool)
-                .await
-                .ok();
-            if have == Some(want) {
-                return Ok(pool);
-            }
-            pool.close().await;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the demo's database did not reach the replica within 60 s (./lab status; is it replicating?)"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[cfg(test)]
