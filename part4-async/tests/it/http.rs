@@ -1090,9 +1090,12 @@ async fn binaries(backend: Backend) {
     let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_part4-worker"));
     env(&mut worker);
     let worker_port = free_port();
+    // The pages the article's change bakes: a directory of the test's own.
+    let bake_dir = std::env::temp_dir().join(testing::unique_name("p4bake"));
     worker
         .env("WORKER_NAME", "bin-test-worker")
-        .env("PORT", worker_port.to_string());
+        .env("PORT", worker_port.to_string())
+        .env("BAKE_DIR", &bake_dir);
     let mut worker = worker.spawn().expect("the part4-worker binary runs");
 
     let url = format!("http://127.0.0.1:{port}");
@@ -1230,6 +1233,7 @@ async fn binaries(backend: Backend) {
             .await
             .unwrap();
     }
+    let _ = std::fs::remove_dir_all(&bake_dir);
     db.drop().await;
 }
 
