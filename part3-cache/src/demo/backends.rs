@@ -293,7 +293,8 @@ pub struct PrivateRedis {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
-    persist: bool,
+    appendonly: bool,
+    appendfsync: &'static str,
 }
 
 impl PrivateRedis {
@@ -302,14 +303,22 @@ impl PrivateRedis {
     /// second) in its directory and loads it at start; without, it keeps
     /// nothing (`save ""`, `appendonly no`), as the stack's Redis does.
     pub async fn start(persist: bool) -> anyhow::Result<Self> {
+        PrivateRedis::start_with(persist, "everysec").await
+    }
+
+    /// Starts redis-server on a free port with `appendonly` and
+    /// `appendfsync` (`always`, `everysec` or `no`: when the append-only
+    /// file is fsynced) as `redis.conf` spells them; never `save`.
+    pub async fn start_with(appendonly: bool, appendfsync: &'static str) -> anyhow::Result<Self> {
         let port = part1_clones::cluster::free_port()?;
-        let dir = std::env::temp_dir().join(common::testing::unique_name("p3redis"));
+        let dir = std::env::temp_dir().join(common::testing::unique_name("privredis"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut r = PrivateRedis {
             child: None,
             port,
             dir,
-            persist,
+            appendonly,
+            appendfsync,
         };
         r.spawn().await?;
         Ok(r)
@@ -321,9 +330,9 @@ impl PrivateRedis {
             .args(["--save", "", "--daemonize", "no"])
             .args([
                 "--appendonly",
-                if self.persist { "yes" } else { "no" },
+                if self.appendonly { "yes" } else { "no" },
                 "--appendfsync",
-                "everysec",
+                self.appendfsync,
             ])
             .arg("--dir")
             .arg(&self.dir)
@@ -441,6 +450,23 @@ impl PrivateRedis {
                 .is_err()
         {
             let _ = child.kill().await;
+        }
+        wait_port_free(self.port, Duration::from_secs(10)).await?;
+        self.spawn().await
+    }
+
+    /// Kills it as a crash does (`SIGKILL`: no chance to flush anything),
+    /// waits for the process to end, and starts it again on the same port
+    /// and directory, with the same settings.
+    pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child
+                .start_kill()
+                .context("sending SIGKILL to redis-server")?;
+            child
+                .wait()
+                .await
+                .context("waiting for redis-server to die")?;
         }
         wait_port_free(self.port, Duration::from_secs(10)).await?;
         self.spawn().await

@@ -17,20 +17,18 @@
 //! confirm comes after the disk) for jobs that cannot.
 //!
 //! Never the shared Redis: [`count_lost_on_restart`] starts a private
-//! `redis-server` on a free port, in a directory of its own, and kills it
-//! (and removes the directory) on every path, even a panic. The demo and
+//! `redis-server` on a free port, in a directory of its own (part 3's
+//! [`PrivateRedis`]), and kills it (and removes the directory) on every
+//! path, even a panic. The demo and
 //! the test call the same function:
 //!
 //! ```text
 //! cargo test -p part4-async --test it redis::restart
 //! ```
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio::process::{Child, Command};
+use part3_cache::demo::backends::PrivateRedis;
 
 use super::redis::RedisQueue;
 use super::{Backend, JobQueue, QueueConfig};
@@ -58,11 +56,12 @@ impl Persistence {
         }
     }
 
-    fn args(self) -> [&'static str; 4] {
+    /// `appendonly` and `appendfsync`.
+    fn settings(self) -> (bool, &'static str) {
         match self {
-            Persistence::None => ["--appendonly", "no", "--appendfsync", "everysec"],
-            Persistence::EverySec => ["--appendonly", "yes", "--appendfsync", "everysec"],
-            Persistence::Always => ["--appendonly", "yes", "--appendfsync", "always"],
+            Persistence::None => (false, "everysec"),
+            Persistence::EverySec => (true, "everysec"),
+            Persistence::Always => (true, "always"),
         }
     }
 }
@@ -84,116 +83,6 @@ pub struct RestartCount {
     pub aof_enabled: bool,
 }
 
-/// A redis-server of the drill's own: killed, and its directory removed,
-/// when dropped.
-struct PrivateRedis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    persistence: Persistence,
-}
-
-impl PrivateRedis {
-    async fn start(persistence: Persistence) -> anyhow::Result<Self> {
-        let port = part1_clones::cluster::free_port().context("finding a free port")?;
-        let dir = std::env::temp_dir().join(common::testing::unique_name("p4redis"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut r = PrivateRedis {
-            child: None,
-            port,
-            dir,
-            persistence,
-        };
-        r.spawn().await?;
-        Ok(r)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"])
-            .args(self.persistence.args())
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context(
-                "starting redis-server (apt-get install redis-server, or ./lab up installs it)",
-            )?;
-        self.child = Some(child);
-        // Up when it answers PING (while it loads its file it answers
-        // LOADING).
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(self.url())?;
-        loop {
-            let pong = match client.get_multiplexed_async_connection().await {
-                Ok(mut conn) => redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if pong.is_ok() {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < until,
-                "a private redis-server on port {} did not answer PING within 10 s: {pong:?}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// `kill -9`, then the same server (port, directory, settings) again.
-    async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child
-                .start_kill()
-                .context("sending SIGKILL to redis-server")?;
-            child
-                .wait()
-                .await
-                .context("waiting for redis-server to die")?;
-        }
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < until,
-                "port {} still in use 10 s after redis-server was killed",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.spawn().await
-    }
-
-    async fn aof_enabled(&self) -> anyhow::Result<bool> {
-        let client = redis::Client::open(self.url())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query_async(&mut conn)
-            .await?;
-        Ok(info.lines().any(|l| l.trim() == "aof_enabled:1"))
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Runs the drill once: a private redis-server with `persistence`, `jobs`
 /// jobs enqueued on the Redis queue (each acknowledged), `SIGKILL`, a
 /// restart, and the jobs left counted by the same queue handle (its
@@ -203,7 +92,8 @@ pub async fn count_lost_on_restart(
     persistence: Persistence,
     jobs: u64,
 ) -> anyhow::Result<RestartCount> {
-    let mut server = PrivateRedis::start(persistence).await?;
+    let (appendonly, appendfsync) = persistence.settings();
+    let mut server = PrivateRedis::start_with(appendonly, appendfsync).await?;
     let config = QueueConfig::new(Backend::Redis, common::testing::unique_name("p4drill"));
     let queue = RedisQueue::connect(&server.url(), config).await?;
     for _ in 0..jobs {
@@ -236,6 +126,6 @@ pub async fn count_lost_on_restart(
         queued,
         after_restart,
         lost: queued.saturating_sub(after_restart),
-        aof_enabled: server.aof_enabled().await?,
+        aof_enabled: server.info_u64("persistence", "aof_enabled").await? == 1,
     })
 }
