@@ -29,10 +29,10 @@ pub const CACHE_REQUESTS: &str = "lab_cache_requests_total";
 /// Jobs by what happened to them: counter {event = enqueued (a clone) |
 /// done | failed | dead_lettered (a worker)}.
 pub const JOBS: &str = "lab_jobs_total";
-/// Changes a clone's after-commit hook handed to the changes queue, by
-/// what happened to each: counter {result = published | failed (refused
-/// or timed out) | dropped (too many publishes in flight) | over_bound
-/// (the queue held `CHANGES_MAX_WAITING`)}. Part 4's clones.
+/// Each change a clone's writes produced, by what became of it: counter
+/// {result = published (on the changes queue) | failed (refused or timed
+/// out) | dropped (too many publishes in flight) | over_bound (the queue
+/// held `CHANGES_MAX_WAITING`)}. Part 4's clones.
 pub const CHANGES: &str = "lab_changes_total";
 /// Jobs a worker is running now: gauge.
 pub const JOBS_RUNNING: &str = "lab_jobs_running";
@@ -128,6 +128,10 @@ fn describe() {
         "Jobs by event: enqueued (counted by the clone), done, failed, dead_lettered (by the worker)"
     );
     metrics::describe_gauge!(JOBS_RUNNING, "Jobs this worker is running now");
+    metrics::describe_counter!(
+        CHANGES,
+        "Changes this clone's writes produced, by result: published, failed, dropped, over_bound"
+    );
     metrics::describe_counter!(BAKES, "The baker's full bakes, by result (ok, failed)");
     metrics::describe_gauge!(
         BAKE_SECONDS,

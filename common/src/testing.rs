@@ -172,6 +172,10 @@ impl TestDatabase {
     /// go to a replica, and a replica in rotation may lag up to its bound
     /// (part 2's `REPLICA_MAX_LAG_MS`, a second by default). That lag is
     /// part 2's lesson, not the test's subject.
+    ///
+    /// For a database on the lab's primary only: a shard's writes (a GTID
+    /// domain of their own) never reach the replica, so this would wait
+    /// them out and panic.
     pub async fn replicated(&self, replica_url: &str) {
         let pos: String = sqlx::query_scalar("SELECT @@gtid_binlog_pos")
             .fetch_one(&self.pool)

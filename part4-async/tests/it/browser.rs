@@ -178,26 +178,7 @@ async fn set_password(lab: &Lab) {
         .execute(&lab.db.db.pool)
         .await
         .unwrap();
-    let replica_url = common::config::with_database(
-        &common::testing::stack().mariadb_replica_url,
-        &lab.db.db.name,
-    );
-    let replica = sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(1)
-        .connect(&replica_url)
-        .await
-        .unwrap_or_else(|e| panic!("the MariaDB replica is not reachable ({e}): run ./lab up"));
-    wait_for("the replica to have ada's password", || async {
-        let got: Option<String> =
-            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = 1")
-                .fetch_optional(&replica)
-                .await
-                .ok()
-                .flatten();
-        (got.as_deref() == Some(hash.as_str())).then_some(())
-    })
-    .await;
-    replica.close().await;
+    lab.db.replicated().await;
 }
 
 /// Polls `check` until it says `Some`, or panics after [`WAIT`].

@@ -1092,7 +1092,10 @@ async fn binaries(backend: Backend) {
     let worker_port = free_port();
     // The pages the article's change bakes: a directory of the test's own.
     let bake_dir = std::env::temp_dir().join(testing::unique_name("p4bake"));
+    // The clones' key prefix, as `./lab` gives both: the change's fan-out
+    // writes timelines under it, never the lab's own.
     worker
+        .env("KEY_PREFIX", &prefix)
         .env("WORKER_NAME", "bin-test-worker")
         .env("PORT", worker_port.to_string())
         .env("BAKE_DIR", &bake_dir);
