@@ -229,18 +229,11 @@ impl Cluster {
     /// and starts it again with `build`, on the same port.
     pub async fn restart(&mut self, i: usize, build: &str) -> anyhow::Result<()> {
         if let Some(mut child) = self.clones[i].child.take() {
-            if let Some(pid) = child.id() {
-                // tokio's Child can only SIGKILL; kill(1) sends the SIGTERM
-                // that triggers the graceful shutdown.
-                Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status()
-                    .await?;
-            }
-            tokio::time::timeout(Duration::from_secs(30), child.wait())
-                .await
-                .context("clone did not stop within 30 s of SIGTERM")??;
+            let stopped = common::signal::stop(&mut child, Duration::from_secs(30)).await?;
+            anyhow::ensure!(
+                !matches!(stopped, common::signal::Stopped::Killed),
+                "clone {i} did not stop within 30 s of SIGTERM (killed)"
+            );
         }
         let c = &self.clones[i];
         let child = spawn_clone(&self.spec, &self.dir, &c.id, c.port, build)?;

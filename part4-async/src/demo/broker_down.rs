@@ -183,20 +183,12 @@ impl PrivateRabbit {
     /// how long that took.
     pub async fn stop(&mut self) -> anyhow::Result<Duration> {
         let t = Instant::now();
-        if let Some(mut child) = self.server.take() {
-            if let Some(pid) = child.id() {
-                Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await?;
-            }
-            if tokio::time::timeout(Duration::from_secs(30), child.wait())
-                .await
-                .is_err()
-            {
-                self.kill_node();
-                let _ = child.kill().await;
-            }
+        if let Some(mut child) = self.server.take()
+            && let common::signal::Stopped::Killed =
+                common::signal::stop(&mut child, Duration::from_secs(30)).await?
+        {
+            // The start script is gone; the node it started may not be.
+            self.kill_node();
         }
         // The port closes when the node is gone.
         while std::net::TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok() {

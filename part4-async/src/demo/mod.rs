@@ -538,21 +538,10 @@ pub async fn settled_ready(queue: &AnyQueue) -> anyhow::Result<u64> {
 /// Stops a [`spawn_worker`] process gracefully (SIGTERM: the job in hand
 /// goes back to the queue) and waits for it; SIGKILL after 15 s.
 pub async fn stop_worker(mut child: tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // tokio's Child can only SIGKILL; kill(1) sends the SIGTERM.
-        let _ = tokio::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await;
-    }
-    if tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .is_err()
+    if let Ok(common::signal::Stopped::Killed) =
+        common::signal::stop(&mut child, Duration::from_secs(15)).await
     {
         tracing::warn!("a demo worker did not stop within 15 s of SIGTERM: killed");
-        let _ = child.start_kill();
-        let _ = child.wait().await;
     }
 }
 

@@ -52,17 +52,11 @@ async fn worker_process_does_a_job_and_stops_on_sigterm<Q: JobQueue>(
         (row.status == JobStatus::Done).then_some(())
     })
     .await;
-    let pid = child.id().expect("still running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("the worker exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
+    let stopped = common::signal::stop(&mut child, DEADLINE).await.unwrap();
+    assert!(
+        stopped.cleanly(),
+        "the worker exits 0 on SIGTERM: {stopped:?}"
+    );
     assert_eq!(db.store.effects(&job.id).await.unwrap(), 1);
     queue.destroy().await.unwrap();
     db.drop().await;

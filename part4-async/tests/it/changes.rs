@@ -400,19 +400,11 @@ async fn the_worker_binary_serves_health_does_changes_and_stops_on_sigterm() {
     })
     .await;
     support::depth_becomes(&changes_queue, 0, 0).await;
-    let pid = child.id().expect("still running").to_string();
+    let stopped = common::signal::stop(&mut child, DEADLINE).await.unwrap();
     assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+        stopped.cleanly(),
+        "the worker exits 0 on SIGTERM: {stopped:?}"
     );
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("the worker exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
     changes_queue.destroy().await.unwrap();
     jobs_queue.destroy().await.unwrap();
     let _ = std::fs::remove_dir_all(&bake_dir);

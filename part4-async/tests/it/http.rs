@@ -1211,17 +1211,9 @@ async fn binaries(backend: Backend) {
     assert_eq!(prometheus::find(&seen, "lab_jobs_running", &[]).len(), 1);
 
     for child in [&mut server, &mut worker] {
-        let pid = child.id().unwrap() as i32;
         // SIGTERM, as `./lab stop` sends it: both exit 0.
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        let status = tokio::time::timeout(DEADLINE, child.wait())
-            .await
-            .expect("stops on SIGTERM")
-            .unwrap();
-        assert!(status.success(), "{status}");
+        let stopped = common::signal::stop(child, DEADLINE).await.unwrap();
+        assert!(stopped.cleanly(), "exits 0 on SIGTERM: {stopped:?}");
     }
     // The jobs queue and the changes queue both processes declared (each
     // with its dead-letter and parked queues): none left on the broker.
