@@ -39,8 +39,9 @@
 //!   Nor could a real tier keep that up: with the queue bounded
 //!   (`MAX_QUEUE_DEPTH`, 1,000 by default; raised out of the way here),
 //!   the measured rate fills it in about a second (computed and
-//!   printed: 0.6 to 0.8 s in this session's runs), and every `POST` after that is a fast `503` (the
-//!   backpressure of experiment 7).
+//!   printed: 0.6 to 0.8 s on the machine of the guide's figures), and
+//!   every `POST` after that is a fast `503` (the backpressure of
+//!   experiment 7).
 //!
 //! - **The floor**: `GET /health`, which does no work at all, through the
 //!   same HAProxy, 64 clients flat out, asked by wrk ([`super::wrk`], the
@@ -93,7 +94,7 @@ pub const WORKERS: usize = 2;
 /// The steady runs' arrival rate, jobs per second: half the sync tier's
 /// ceiling (CONCURRENCY / JOB_MIN_MS), so it keeps up too (its requests
 /// last the job plus the export's work, 1.01 s at the median in the
-/// eighth session's tour, up to 1.4 s in earlier runs: at three quarters
+/// guide's reference tour, up to 1.4 s in other runs: at three quarters
 /// of the ceiling the 64 slots filled and the driver refused a few).
 pub const RATE: f64 = CONCURRENCY as f64 * 1000.0 / JOB_MIN_MS as f64 * 0.5;
 
